@@ -1,0 +1,121 @@
+"""Configuration text for the processes under test: nginx and Rex.
+
+Pure functions from ports and directories to file contents. Every path nginx
+would otherwise take from its compiled-in prefix (pid file, error log, temp
+directories) points inside the bench's own directory, so no root-owned
+default path is touched and two benches can run side by side.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+# Upstream keep-alive connections nginx keeps per worker; Rex's pool is
+# unbounded per upstream, and 64 matches the busiest scenario's clients.
+UPSTREAM_KEEPALIVE = 64
+# nginx closes a keep-alive connection after 1,000 requests by default; Rex
+# never does, so lift the limit to compare the proxies, not reconnects.
+KEEPALIVE_REQUESTS = 1_000_000
+WORKER_CONNECTIONS = 16384  # Rex's default per-worker cap (model.Limits)
+
+
+def nginx_temp_dir(prefix: str, name: str) -> str:
+    """Parent of an instance's temp paths: nginx creates only their last level."""
+    return os.path.join(prefix, f"{name}-temp")
+
+
+def nginx_argv(nginx: str, prefix: str, name: str) -> list[str]:
+    """Foreground nginx on ``prefix/name.conf``.
+
+    ``-e`` moves the error log nginx opens before it reads the config away
+    from the compiled-in /var/log path as well.
+    """
+    return [nginx, "-p", prefix, "-c", os.path.join(prefix, f"{name}.conf"),
+            "-e", os.path.join(prefix, f"{name}-error.log"), "-g", "daemon off;"]
+
+
+def _nginx_main(prefix: str, name: str, http_body: str) -> str:
+    """The parts of an nginx.conf every instance shares, around ``http_body``."""
+    temp = nginx_temp_dir(prefix, name)
+    temps = "\n".join(
+        f"    {kind}_temp_path {temp}/{kind};"
+        for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+    )
+    return f"""\
+worker_processes 1;
+pid {prefix}/{name}.pid;
+error_log {prefix}/{name}-error.log warn;
+events {{
+    worker_connections {WORKER_CONNECTIONS};
+}}
+http {{
+    access_log off;
+    default_type application/octet-stream;
+    sendfile on;
+    tcp_nopush on;
+    keepalive_requests {KEEPALIVE_REQUESTS};
+{temps}
+{http_body}
+}}
+"""
+
+
+def nginx_backend(prefix: str, name: str, port: int, root: str) -> str:
+    """The origin both proxies forward to: a plain static server with sendfile."""
+    return _nginx_main(prefix, name, f"""\
+    server {{
+        listen 127.0.0.1:{port};
+        root {root};
+    }}""")
+
+
+def nginx_proxy(prefix: str, name: str, port: int, backend_port: int) -> str:
+    """The reference proxy: nginx with keep-alive to the backend.
+
+    ``proxy_http_version 1.1`` and an empty ``Connection`` header are what
+    upstream keep-alive needs in nginx; buffering stays at nginx's defaults,
+    as most deployments leave it.
+    """
+    return _nginx_main(prefix, name, f"""\
+    upstream backend {{
+        server 127.0.0.1:{backend_port};
+        keepalive {UPSTREAM_KEEPALIVE};
+        keepalive_requests {KEEPALIVE_REQUESTS};
+    }}
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{
+            proxy_pass http://backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }}
+    }}""")
+
+
+def nginx_static(prefix: str, name: str, port: int, root: str) -> str:
+    """The reference static server: ``root`` with sendfile, like the backend."""
+    return nginx_backend(prefix, name, port, root)
+
+
+def _rex(instance: dict) -> str:
+    """A Rex config shaped like the nginx ones: one worker, no access log.
+
+    Written as JSON, which is YAML too, so no quoting rule can bite.
+    """
+    config = {
+        "workers": 1,
+        "logging": {"access": "off"},
+        "graceful_timeout": 2,
+        "server": {"instances": [{"host": "127.0.0.1", **instance}]},
+    }
+    return json.dumps(config, indent=2) + "\n"
+
+
+def rex_proxy(port: int, backend_port: int) -> str:
+    return _rex({"port": port,
+                 "routes": [{"path": "/", "destination": f"http://127.0.0.1:{backend_port}"}]})
+
+
+def rex_static(port: int, root: str) -> str:
+    return _rex({"port": port, "public": root})

@@ -1,0 +1,86 @@
+"""What the benchmark measures and the bar each figure must clear: data only.
+
+The scenarios, the files they fetch and the targets from issue 6 live here in
+one table so the runner, the report and ``docs/bench.md`` agree. No I/O.
+"""
+
+from __future__ import annotations
+
+import operator
+from dataclasses import dataclass
+
+KIB = 1024
+MIB = 1024 * KIB
+
+# The files the backend and both static roots serve, by URL name and size.
+FILES = {
+    "13b.bin": 13,
+    "1k.bin": KIB,
+    "64k.bin": 64 * KIB,
+    "10m.bin": 10 * MIB,
+}
+
+REQS = "req/s"
+MBPS = "MB/s"  # 10**6 bytes a second, response headers included (wrk counts them)
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """A bound on a figure: ``value op bound`` must hold for the row to PASS."""
+
+    op: str  # ">=" or "<="
+    bound: float
+    unit: str = "x"  # "x": a Rex/nginx ratio; otherwise an absolute unit
+
+    def met(self, value: float) -> bool:
+        return _OPS[self.op](value, self.bound)
+
+    def __str__(self) -> str:
+        if self.unit == "x":
+            return f"{self.op} {self.bound:.2f}x"
+        return f"{self.op} {self.bound:g} {self.unit}"
+
+
+_OPS = {">=": operator.ge, "<=": operator.le}
+
+
+@dataclass(frozen=True, slots=True)
+class Scenario:
+    key: str
+    label: str
+    site: str  # "proxy": through the proxy to the backend; "static": from the root
+    path: str
+    connections: int
+    metric: str  # REQS or MBPS
+    target: Target | None = None
+
+    @property
+    def size(self) -> int:
+        return FILES[self.path.lstrip("/")]
+
+
+# Small bodies measure per-request cost (req/s) with many connections; large
+# ones measure the byte pump (MB/s), where 16 connections already fill the
+# loopback and more would only add memory and scheduler noise.
+SCENARIOS = (
+    Scenario("proxy_13b", "proxied 13 B", "proxy", "/13b.bin", 64, REQS, Target(">=", 0.40)),
+    Scenario("proxy_64k", "proxied 64 KiB", "proxy", "/64k.bin", 64, MBPS),
+    Scenario("proxy_10m", "proxied 10 MiB", "proxy", "/10m.bin", 16, MBPS, Target(">=", 1.0)),
+    Scenario("static_1k", "static 1 KiB", "static", "/1k.bin", 64, REQS, Target(">=", 0.40)),
+    Scenario("static_10m", "static 10 MiB", "static", "/10m.bin", 16, MBPS, Target(">=", 0.90)),
+)
+
+# Tail latency is judged on the request-rate scenario only, where queueing
+# inside the proxy shows; the byte-pump scenarios' latency is transfer time.
+P99_SCENARIO = "proxy_13b"
+P99_TARGET = Target("<=", 2.0)
+
+# Idle keep-alives are held by the proxy site: a proxy that tied an upstream
+# connection (or a buffer) to each client connection would show it here.
+IDLE_CONNECTIONS = 10_000
+IDLE_SITE = "proxy"
+IDLE_PATH = "/13b.bin"
+IDLE_TARGET = Target("<=", 150.0, "MB")
+
+ROUTE_COUNTS = (10, 1000)
+ROUTES_TARGET = Target("<=", 2.0)

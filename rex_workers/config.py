@@ -1,0 +1,369 @@
+"""Load ``rex.config.yaml`` into the frozen model (``model.py``), or say every problem at once.
+
+May: read the one file, compose its YAML node tree to keep line numbers, run the schema
+(``schema.py``), check the rules that span instances, and build model objects. May not:
+bind sockets, import the WSGI apps it names, import gevent, print or exit; the CLI prints
+``str(ConfigError)`` and exits 2. Every error line reads ``file:line: dotted.path: message``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import os
+from dataclasses import fields, replace
+
+import yaml
+
+from rex_workers.model import (
+    DEFAULT_HOST,
+    TLS,
+    Admin,
+    Config,
+    HealthCheck,
+    Instance,
+    Limits,
+    Logging,
+    Route,
+    StaticOptions,
+    Timeouts,
+    Upstream,
+)
+from rex_workers.schema import (
+    SCHEMA,
+    RexValidator,
+    parse_destination,
+)
+
+__all__ = ["ConfigError", "config_digest", "default_config", "load_config", "parse_destination"]
+
+DEFAULT_PORT = 8000  # the original's `rex --init` instance
+ADMIN_HOST = next(f.default for f in fields(Admin) if f.name == "host")
+
+
+class ConfigError(Exception):
+    """A config that must not start. ``errors`` holds one ``file:line: ...`` line per problem."""
+
+    def __init__(self, errors: list[str]) -> None:
+        super().__init__("\n".join(errors))
+        self.errors = list(errors)
+
+    def __str__(self) -> str:
+        return "\n".join(self.errors)
+
+
+def load_config(path: str) -> Config:
+    """Read, validate and build the config at ``path``; raise ConfigError listing every problem."""
+    raw = _read(path)
+    data, lines, problems = _parse(path, raw)
+    # top-level "x-" keys hold YAML anchors for reuse (Docker Compose's convention)
+    data = {k: v for k, v in data.items() if not (isinstance(k, str) and k.startswith("x-"))}
+    validator = RexValidator(SCHEMA, base_dir=os.path.dirname(os.path.abspath(path)))
+    validator.validate(data)
+    doc = validator.document
+    problems += validator.errors
+    problems += _listener_problems(doc, lines) + _route_problems(doc, lines)
+    if problems:
+        raise ConfigError(_format(path, lines, problems))
+    return _build(doc, lines, os.path.abspath(path), hashlib.sha256(raw).hexdigest())
+
+
+def config_digest(path: str) -> str:
+    """sha256 hex of the file's bytes, what ``Config.digest`` holds: reloads compare the two."""
+    return hashlib.sha256(_read(path)).hexdigest()
+
+
+def default_config() -> Config:
+    """What runs with no config file: one instance on port 8000 showing the welcome page."""
+    return Config(path="", digest="", instances=(Instance(index=0, port=DEFAULT_PORT),))
+
+
+# ------------------------------------------------------------------ reading YAML
+
+
+def _read(path: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except FileNotFoundError:
+        raise ConfigError([f"{path}: config file not found"]) from None
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read config file: {exc.strerror}"]) from None
+
+
+def _parse(path: str, raw: bytes) -> tuple[dict, dict, list]:
+    """The document, a map from document path to line, and duplicate-key problems."""
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise ConfigError([f"{path}:{line}: not UTF-8 text"]) from None
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            raise ConfigError([f"{path}:1: the config file is empty"])
+        lines: dict = {(): node.start_mark.line + 1}
+        duplicates: list = []
+        # before construction, which flattens `<<` merge keys into the mappings
+        _map_lines(loader, node, (), lines, duplicates, set())
+        data = loader.construct_document(node)
+    except yaml.MarkedYAMLError as exc:
+        raise ConfigError([_yaml_error(path, text, exc)]) from None
+    finally:
+        loader.dispose()
+    if data is None:
+        raise ConfigError([f"{path}:1: the config file is empty"])
+    if not isinstance(data, dict):
+        raise ConfigError([f"{path}:{lines[()]}: the config must be a mapping (server: ...)"])
+    return data, lines, duplicates
+
+
+MERGE = "tag:yaml.org,2002:merge"
+
+
+def _map_lines(loader, node, path: tuple, lines: dict, duplicates: list, active: set) -> None:
+    """Record the line of every key and list item; the key's line stands for its value."""
+    if id(node) in active:  # a recursive alias (&a [*a]) would be walked forever
+        return
+    active = active | {id(node)}
+    if isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            lines[(*path, i)] = item.start_mark.line + 1
+            _map_lines(loader, item, (*path, i), lines, duplicates, active)
+    elif isinstance(node, yaml.MappingNode):
+        # `<<: *anchor` keys first: the mapping's own keys override what they bring
+        for key_node, value_node in node.value:
+            if key_node.tag == MERGE:
+                many = isinstance(value_node, yaml.SequenceNode)  # <<: [*a, *b]
+                for source in value_node.value if many else [value_node]:
+                    _map_lines(loader, source, path, lines, [], active)
+        own: set = set()
+        for key_node, value_node in node.value:
+            if key_node.tag == MERGE or not isinstance(key_node, yaml.ScalarNode):
+                continue  # a list as a key: construction rejects it with its line
+            child = (*path, loader.construct_object(key_node))
+            if child in own:  # PyYAML keeps the last one, so its line stands from now on
+                duplicates.append((child, f"duplicate key (first at line {lines[child]})"))
+            own.add(child)
+            lines[child] = key_node.start_mark.line + 1
+            _map_lines(loader, value_node, child, lines, duplicates, active)
+
+
+def _yaml_error(path: str, text: str, exc: yaml.MarkedYAMLError) -> str:
+    """PyYAML's "while <context> at line A, <problem> at line B" as one line at B."""
+    mark = exc.problem_mark or exc.context_mark
+    last_line = max(1, len(text.splitlines()))  # the end of the stream is past the last line
+    line = min(mark.line + 1, last_line) if mark else 1
+    message = exc.problem or "invalid YAML"
+    if exc.context and exc.context_mark and exc.context_mark.line + 1 != line:
+        message = f"{exc.context} at line {exc.context_mark.line + 1}, {message}"
+    elif exc.context:
+        message = f"{exc.context}, {message}"
+    return f"{path}:{line}: YAML syntax error: {message}"
+
+
+def _line_of(lines: dict, path: tuple) -> int:
+    """A missing key has no line of its own: use its closest present parent's."""
+    while path not in lines:
+        path = path[:-1]
+    return lines[path]
+
+
+def _format(path: str, lines: dict, problems: list) -> list[str]:
+    found = {}
+    for doc_path, message in problems:
+        line = _line_of(lines, tuple(doc_path))
+        dotted = ".".join(str(p) for p in doc_path)
+        text = f"{path}:{line}: {dotted}: {message}" if dotted else f"{path}:{line}: {message}"
+        found.setdefault(text, (line, dotted))
+    return sorted(found, key=found.__getitem__)
+
+
+# ----------------------------------------------------- rules spanning instances
+
+
+def _instances(doc: dict) -> list[tuple[int, dict]]:
+    """The instance mappings that are well-formed enough to compare (others got errors)."""
+    server = doc.get("server")
+    items = server.get("instances") if isinstance(server, dict) else None
+    if not isinstance(items, list):
+        return []
+    return [(i, x) for i, x in enumerate(items) if isinstance(x, dict)
+            and isinstance(x.get("port"), int) and isinstance(x.get("host", ""), str)]
+
+
+def _overlap(host_a: str, host_b: str) -> bool:
+    """Whether binding both addresses on one port fails (Linux defaults)."""
+    if host_a == host_b or "::" in (host_a, host_b):  # "::" is dual-stack: it takes IPv4 too
+        return True
+    if "0.0.0.0" in (host_a, host_b):  # the IPv4 wildcard takes every IPv4 address
+        return ":" not in (host_b if host_a == "0.0.0.0" else host_a)
+    return False
+
+
+def _listener_problems(doc: dict, lines: dict) -> list:
+    """One socket per host:port: instances may share it only as virtual hosts (server_names)."""
+    problems = []
+    seen: list[tuple[int, dict]] = []
+    for i, inst in _instances(doc):
+        host, port = inst.get("host", DEFAULT_HOST), inst["port"]
+        names = _strings(inst.get("server_names"))
+        where = ("server", "instances", i)
+        for j, other in seen:
+            other_host = other.get("host", DEFAULT_HOST)
+            if other["port"] != port or not _overlap(host, other_host):
+                continue
+            at = f"instance {j}, line {_line_of(lines, ('server', 'instances', j))}"
+            other_names = _strings(other.get("server_names"))
+            if host != other_host:
+                msg = f"{host}:{port} overlaps {other_host}:{port} ({at}); use the same host"
+            elif not names and not other_names:
+                msg = f"duplicate listener {host}:{port} ({at}); give them different server_names"
+            elif names & other_names:
+                shared = ", ".join(sorted(names & other_names))
+                msg = f"{host}:{port} already serves {shared} ({at})"
+            elif _has_tls(inst) != _has_tls(other):
+                msg = f"instances sharing {host}:{port} must all use TLS or none ({at})"
+            else:
+                continue
+            problems.append(((*where, "port"), msg))
+            break
+        seen.append((i, inst))
+    problems += _admin_problems(doc, seen)
+    return problems
+
+
+def _strings(value: object) -> set[str]:
+    return {x for x in value if isinstance(x, str)} if isinstance(value, list) else set()
+
+
+def _has_tls(inst: dict) -> bool:
+    return "tls" in inst or "sslConfig" in inst
+
+
+def _admin_problems(doc: dict, instances: list) -> list:
+    admin = doc.get("admin")
+    if not isinstance(admin, dict) or not isinstance(admin.get("port"), int):
+        return []
+    host = admin.get("host", ADMIN_HOST)
+    for j, inst in instances:
+        if inst["port"] == admin["port"] and _overlap(host, inst.get("host", DEFAULT_HOST)):
+            return [(("admin", "port"), f"port {admin['port']} is also used by instance {j}")]
+    return []
+
+
+def _route_problems(doc: dict, lines: dict) -> list:
+    """A second route with the same pattern and methods could never be chosen."""
+    problems = []
+    for i, inst in _instances(doc):
+        seen: dict[str, list] = {}
+        routes = inst.get("routes")
+        for r, route in enumerate(routes if isinstance(routes, list) else []):
+            if not isinstance(route, dict) or not isinstance(route.get("path"), str):
+                continue
+            methods = _strings(route.get("methods")) or {"*"}
+            for other_r, other_methods in seen.get(route["path"], []):
+                if "*" in methods | other_methods or methods & other_methods:
+                    where = ("server", "instances", i, "routes", r, "path")
+                    first = _line_of(lines, ("server", "instances", i, "routes", other_r))
+                    problems.append((where, f"duplicate route {route['path']} (first at line "
+                                            f"{first})"))
+                    break
+            seen.setdefault(route["path"], []).append((r, methods))
+    return problems
+
+
+# ------------------------------------------------------------------ building
+
+
+def _usable_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))  # honours taskset and container CPU sets
+    except AttributeError:  # macOS has no affinity API
+        return os.cpu_count() or 1
+
+
+def _upstream(entry: str | dict) -> Upstream:
+    if isinstance(entry, str):
+        return parse_destination(entry)
+    options = {k: v for k, v in entry.items() if k != "url"}
+    return replace(parse_destination(entry["url"]), **options)
+
+
+def _present(raw: dict, keys: tuple[str, ...]) -> dict:
+    """Only the keys the file sets, so that every default stays the one in model.py."""
+    return {k: raw[k] for k in keys if k in raw}
+
+
+def _route(raw: dict, index: int, line: int, timeouts: Timeouts) -> Route:
+    options = _present(raw, ("strip_prefix", "preserve_host", "priority", "retries", "pool"))
+    destination = raw["destination"]
+    if isinstance(destination, str) and destination.strip().startswith("wsgi:"):
+        options["wsgi"] = destination.strip()[len("wsgi:"):]
+    else:
+        entries = destination if isinstance(destination, list) else [destination]
+        options["upstreams"] = tuple(_upstream(e) for e in entries)
+    if "methods" in raw:
+        options["methods"] = frozenset(raw["methods"])
+    if "balance" in raw:
+        options["balance"] = _balance(raw["balance"])
+    check = raw.get("health_check")
+    if check:  # `health_check: true` probes with the defaults
+        options["health_check"] = HealthCheck(**check) if isinstance(check, dict) else HealthCheck()
+    return Route(path=raw["path"], index=index, line=line,
+                 timeouts=replace(timeouts, **raw.get("timeouts", {})), **options)
+
+
+def _balance(name: str) -> str:
+    # weights are honoured by round_robin itself, so "weighted" names the same balancer
+    return "round_robin" if name == "weighted" else name
+
+
+def _instance(raw: dict, index: int, lines: dict, timeouts: Timeouts) -> Instance:
+    where = ("server", "instances", index)
+    options = _present(raw, ("host", "public", "redirect_https"))
+    tls = raw.get("tls") or raw.get("sslConfig")
+    if tls:
+        options["tls"] = TLS(cert=tls["cert"], key=tls["key"])
+    static = dict(raw.get("static", {}))
+    if "index" in static:
+        static["index"] = tuple(static["index"])
+    if "fallback" in static:
+        static["fallback"] = static["fallback"].lstrip("/")
+    routes = tuple(_route(r, n, _line_of(lines, (*where, "routes", n)), timeouts)
+                   for n, r in enumerate(raw.get("routes") or []))
+    return Instance(index=index, port=raw["port"], line=_line_of(lines, where), routes=routes,
+                    server_names=tuple(raw.get("server_names", ())),
+                    static=StaticOptions(**static), **options)
+
+
+def _logging(raw: dict) -> Logging:
+    options = dict(raw)
+    if options.get("access", "stdout") in ("off", False, None):
+        options["access"] = None
+    return Logging(**options)
+
+
+def _build(doc: dict, lines: dict, path: str, digest: str) -> Config:
+    timeouts = Timeouts(**doc.get("timeouts", {}))
+    options = _present(doc, ("graceful_timeout", "timeout", "max_requests",
+                             "max_requests_jitter", "reuse_port", "monkey_patch"))
+    if "upstream_balance" in doc:
+        options["upstream_balance"] = _balance(doc["upstream_balance"])
+    if "workers" in doc:
+        options["workers"] = _usable_cpus() if doc["workers"] == "auto" else doc["workers"]
+    if "admin" in doc:
+        options["admin"] = Admin(**doc["admin"])
+    return Config(
+        path=path, digest=digest, timeouts=timeouts,
+        instances=tuple(_instance(raw, i, lines, timeouts)
+                        for i, raw in enumerate(doc["server"]["instances"])),
+        upstream=tuple(_upstream(e) for e in doc.get("upstream") or ()),
+        limits=Limits(**doc.get("limits", {})),
+        logging=_logging(doc.get("logging", {})),
+        trusted_proxies=tuple(str(ipaddress.ip_network(c, strict=False))
+                              for c in doc.get("trusted_proxies", ())),
+        pythonpath=tuple(doc.get("pythonpath", ())),
+        **options,
+    )

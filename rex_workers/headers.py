@@ -1,0 +1,328 @@
+"""Header policy for both directions of a proxied exchange.
+
+Pure functions from a parsed head to the bytes of the head to send: remove
+hop-by-hop fields (RFC 9110 §7.6.1), add forwarding fields (X-Forwarded-*,
+``Via`` per §7.6.3), handle ``Max-Forwards`` (§7.6.2), set framing, and rewrite
+``Location``. No sockets, no gevent; unit-tested on plain data.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable, Sequence
+from functools import lru_cache
+
+from .http1 import Response
+from .model import Upstream
+from .pages import http_date
+from .pages import reason as reason_phrase
+from .request import Request
+
+# RFC 9110 §7.6.1 plus the de-facto Proxy-Connection; Transfer-Encoding and
+# Content-Length are set by Rex from the parsed framing, never copied.
+HOP_BY_HOP = frozenset({
+    b"connection", b"keep-alive", b"proxy-connection", b"te", b"transfer-encoding",
+    b"upgrade", b"trailer", b"content-length",
+})
+# Fields a client may only set through a trusted proxy (``trusted_proxies``):
+# anyone else could claim any address or scheme. ``Forwarded`` (RFC 7239) is
+# the standard spelling of the same claims.
+FORWARDING = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host",
+                        b"x-forwarded-port", b"forwarded"})
+# Names request_head treats specially; every other field is copied as it came.
+_REQUEST_SPECIAL = HOP_BY_HOP | FORWARDING | {b"host", b"via", b"expect", b"max-forwards"}
+_RESPONSE_SPECIAL = HOP_BY_HOP | {b"via", b"location", b"date"}
+_VIA = {"1.1": b"1.1 rex", "1.0": b"1.0 rex"}
+# RFC 9110 §9.3.8: the final recipient of a TRACE leaves out what may be secret.
+_TRACE_HIDDEN = frozenset({b"authorization", b"proxy-authorization", b"cookie"})
+DEFAULT_ALLOW = b"GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS, TRACE"
+
+_PLAIN_CONNECTION = frozenset({b"keep-alive", b"Keep-Alive", b"close", b"Close", b"upgrade",
+                               b"Upgrade"})
+_NONE: frozenset[bytes] = frozenset()
+
+CLOSE = b"Connection: close\r\n"
+KEEP_ALIVE = b"Connection: keep-alive\r\n"  # HTTP/1.0 clients need to be told
+
+
+def connection_tokens(headers: Sequence[tuple[bytes, bytes]]) -> frozenset[bytes]:
+    """Lower-cased field names listed in ``Connection`` (RFC 9110 §7.6.1)."""
+    tokens: set[bytes] = set()
+    for name, value in headers:
+        if len(name) == 10 and name.lower() == b"connection":
+            tokens.update(t.strip().lower() for t in value.split(b","))
+    tokens.discard(b"")
+    return frozenset(tokens)
+
+
+def _tokens(value: bytes, handled: frozenset[bytes]) -> frozenset[bytes]:
+    """Names one ``Connection`` value lists beyond those already handled (usually none)."""
+    if value in _PLAIN_CONNECTION:
+        return _NONE  # the common case, without splitting
+    tokens = frozenset(t.strip().lower() for t in value.split(b","))
+    return tokens - handled - {b""}
+
+
+class TrustedProxies:
+    """Whose ``X-Forwarded-*`` fields are believed (CIDR list from the config)."""
+
+    def __init__(self, cidrs: Sequence[str]) -> None:
+        self._nets = tuple(ipaddress.ip_network(c, strict=False) for c in cidrs)
+
+    @lru_cache(maxsize=1024)  # noqa: B019 - one instance per worker, bounded cache
+    def __contains__(self, ip: str) -> bool:
+        if not self._nets or not ip:
+            return False
+        try:
+            addr = ipaddress.ip_address(ip)
+        except ValueError:
+            return False
+        return any(addr in n for n in self._nets)
+
+
+@lru_cache(maxsize=256)
+def host_header(up: Upstream) -> bytes:
+    """``Host`` for a request to ``up``: the port only when it is not the default."""
+    default = 443 if up.scheme == "https" else 80
+    host = f"[{up.host}]" if ":" in up.host else up.host
+    return (host if up.port == default else f"{host}:{up.port}").encode()
+
+
+def request_head(
+    req: Request,
+    target: bytes,
+    up: Upstream,
+    *,
+    preserve_host: bool,
+    trusted: bool,
+    websocket: bool,
+) -> bytes:
+    """The head Rex sends upstream for ``req`` (always HTTP/1.1, keep-alive)."""
+    head, listed = _request_head(req, target, up, preserve_host, trusted, websocket, frozenset())
+    if listed:
+        # Rare: Connection names end-to-end fields, which must go too. One more pass
+        # beats scanning for Connection ahead of every request.
+        head, _ = _request_head(req, target, up, preserve_host, trusted, websocket, listed)
+    return head
+
+
+def _request_head(req: Request, target: bytes, up: Upstream, preserve_host: bool,
+                  trusted: bool, websocket: bool, listed: frozenset[bytes]
+                  ) -> tuple[bytes, frozenset[bytes]]:
+    found = listed
+    out = [req.method.encode(), b" ", target, b" HTTP/1.1\r\n"]
+    xff = via = orig_host = b""
+    proto = fwd_host = fwd_port = None
+    for name, value in req.headers:
+        lname = name.lower()
+        if lname not in _REQUEST_SPECIAL:
+            if not listed or lname not in listed:
+                out += (name, b": ", value, b"\r\n")
+            continue
+        if lname == b"host":
+            orig_host = value
+        elif lname == b"connection":
+            found = found | _tokens(value, _REQUEST_SPECIAL)
+        elif lname == b"via":
+            via = value if not via else via + b", " + value
+        elif lname == b"max-forwards":
+            out += (name, b": ", _decrement(value, req.method), b"\r\n")
+        elif lname in FORWARDING and trusted:
+            if lname == b"x-forwarded-for":
+                xff = value if not xff else xff + b", " + value
+            elif lname == b"x-forwarded-proto":
+                proto = value
+            elif lname == b"x-forwarded-host":
+                fwd_host = value
+            elif lname == b"x-forwarded-port":
+                fwd_port = value
+            else:
+                out += (name, b": ", value, b"\r\n")  # Forwarded: kept as it came
+        # Everything else here is hop-by-hop, untrusted forwarding data, or
+        # Expect, which Rex answers itself (see handler): not forwarded.
+    client_ip = req.client_addr[0].encode()
+    out += (b"Host: ", orig_host if preserve_host and orig_host else host_header(up), b"\r\n",
+            b"X-Forwarded-For: ", xff + b", " + client_ip if xff else client_ip, b"\r\n",
+            b"X-Forwarded-Proto: ", proto or req.scheme.encode(), b"\r\n")
+    if fwd_host or orig_host:
+        out += (b"X-Forwarded-Host: ", fwd_host or orig_host, b"\r\n")
+    via_rex = _VIA.get(req.version, b"1.1 rex")
+    out += (b"X-Forwarded-Port: ", fwd_port or b"%d" % req.server_port, b"\r\n",
+            b"Via: ", via + b", " + via_rex if via else via_rex, b"\r\n")
+    if websocket:
+        out.append(b"Connection: upgrade\r\nUpgrade: websocket\r\n")
+    if req.chunked:
+        out.append(b"Transfer-Encoding: chunked\r\n")
+    elif req.content_length is not None:
+        out.append(b"Content-Length: %d\r\n" % req.content_length)
+    out.append(b"\r\n")
+    return b"".join(out), found
+
+
+def _decrement(value: bytes, method: str) -> bytes:
+    """RFC 9110 §7.6.2: a proxy decrements Max-Forwards on TRACE and OPTIONS only."""
+    if method not in ("TRACE", "OPTIONS") or not value.strip().isdigit():
+        return value
+    return b"%d" % max(int(value) - 1, 0)
+
+
+def max_forwards_exhausted(req: Request) -> bool:
+    """True when Rex must answer a TRACE/OPTIONS itself (RFC 9110 §7.6.2)."""
+    if req.method not in ("TRACE", "OPTIONS"):
+        return False
+    value = req.header(b"max-forwards")
+    return value is not None and value.strip() == b"0"
+
+
+def trace_echo(req: Request) -> bytes:
+    """The body of Rex's own TRACE answer: the request as received (``message/http``)."""
+    lines = [b"%s %s HTTP/%s\r\n" % (req.method.encode(), req.target, req.version.encode())]
+    lines += (b"%s: %s\r\n" % (k, v) for k, v in req.headers
+              if k.lower() not in _TRACE_HIDDEN)
+    lines.append(b"\r\n")
+    return b"".join(lines)
+
+
+def response_head(
+    resp: Response,
+    *,
+    connection: bytes = b"",
+    framing: bytes = b"",
+    location: Callable[[bytes], bytes] | None = None,
+) -> bytes:
+    """The head Rex sends the client for an upstream response.
+
+    ``connection`` is b"", ``CLOSE`` or ``KEEP_ALIVE``; ``framing`` the
+    Content-Length/Transfer-Encoding line Rex chose (or b""); ``location`` maps
+    a ``Location`` value to the one the client should see (SPEC §5).
+    """
+    head, listed = _response_head(resp, connection, framing, location, frozenset())
+    if listed:
+        head, _ = _response_head(resp, connection, framing, location, listed)
+    return head
+
+
+def _response_head(resp: Response, connection: bytes, framing: bytes,
+                   location: Callable[[bytes], bytes] | None, listed: frozenset[bytes]
+                   ) -> tuple[bytes, frozenset[bytes]]:
+    found = listed
+    status = resp.status
+    out = [b"HTTP/1.1 %d " % status, resp.reason or reason_phrase(status).encode(), b"\r\n"]
+    via = b""
+    dated = False
+    for name, value in resp.headers:
+        lname = name.lower()
+        if lname not in _RESPONSE_SPECIAL:
+            if not listed or lname not in listed:
+                out += (name, b": ", value, b"\r\n")
+        elif lname == b"connection":
+            found = found | _tokens(value, _RESPONSE_SPECIAL)
+        elif lname == b"via":
+            via = value if not via else via + b", " + value
+        elif lname == b"location":
+            out += (name, b": ", location(value) if location else value, b"\r\n")
+        elif lname == b"date":
+            dated = True
+            out += (name, b": ", value, b"\r\n")
+    via_rex = _VIA.get(resp.version, b"1.1 rex")
+    out += (b"Via: ", via + b", " + via_rex if via else via_rex, b"\r\n")
+    if not dated:
+        # RFC 9110 §6.6.1: a recipient with a clock adds Date when forwarding without one.
+        out += (b"Date: ", http_date(), b"\r\n")
+    if framing:
+        out.append(framing)
+    if resp.upgrade:
+        out.append(b"Connection: upgrade\r\nUpgrade: websocket\r\n")
+    elif connection:
+        out.append(connection)
+    out.append(b"\r\n")
+    return b"".join(out), found
+
+
+def interim_head(resp: Response) -> bytes:
+    """A 1xx other than 101 (e.g. 103 Early Hints) relayed as-is, minus hop-by-hop."""
+    listed = connection_tokens(resp.headers)
+    out = [b"HTTP/1.1 %d " % resp.status, resp.reason or reason_phrase(resp.status).encode(),
+           b"\r\n"]
+    for name, value in resp.headers:
+        lname = name.lower()
+        if lname not in HOP_BY_HOP and lname not in listed:
+            out += (name, b": ", value, b"\r\n")
+    out.append(b"\r\n")
+    return b"".join(out)
+
+
+def trailer_block(fields: Sequence[tuple[bytes, bytes]]) -> bytes:
+    """The last chunk and trailer section that end a chunked body (RFC 9112 §7.1.2)."""
+    if not fields:
+        return b"0\r\n\r\n"
+    return b"0\r\n" + b"".join(b"%b: %b\r\n" % f for f in fields) + b"\r\n"
+
+
+def is_websocket(req: Request) -> bool:
+    """An Upgrade to WebSocket; other upgrades (h2c) are not tunnelled."""
+    if not req.upgrade:
+        return False
+    value = req.header(b"upgrade") or b""
+    return any(t.strip().lower() == b"websocket" for t in value.split(b","))
+
+
+# -- Location ------------------------------------------------------------------
+
+@lru_cache(maxsize=256)
+def upstream_origins(up: Upstream) -> tuple[bytes, ...]:
+    """Lower-cased ways a ``Location`` can name ``up``: with and without a default port."""
+    host = f"[{up.host}]" if ":" in up.host else up.host
+    origins = [f"{up.scheme}://{host}:{up.port}"]
+    if up.port == (443 if up.scheme == "https" else 80):
+        origins.append(f"{up.scheme}://{host}")
+    return tuple(o.lower().encode() for o in origins)
+
+
+def rewrite_location(
+    value: bytes,
+    origins: tuple[bytes, ...],
+    base: bytes,
+    public_origin: bytes,
+    public_prefix: bytes | None,
+) -> bytes:
+    """The ``Location`` the client should see for an upstream's ``value``.
+
+    ``origins``: the upstream as Rex dials it (see ``upstream_origins``);
+    ``base``: the destination's base path (b"" when none); ``public_prefix``:
+    the public path that maps to ``base``, or None when paths go upstream
+    unchanged. An absolute URL naming the upstream gets the public origin (and
+    prefix); a path starting with the base path gets the public prefix. Other
+    values (other hosts, relative references) are left alone, as nginx's
+    ``proxy_redirect default`` does.
+    """
+    if value[:1] == b"/":
+        if not base or value[:2] == b"//":
+            return value
+        mapped = _map_path(value, base, public_prefix)
+        return value if mapped is None else mapped
+    lower = value[:len(origins[0])].lower()
+    for origin in origins:
+        if lower.startswith(origin):
+            rest = value[len(origin):]
+            if rest[:1] not in (b"", b"/", b"?", b"#"):
+                continue  # "http://host:3000" must not match "http://host:30001"
+            path = rest if rest[:1] == b"/" else b"/" + rest
+            mapped = _map_path(path, base, public_prefix)
+            return public_origin + (path if mapped is None else mapped)
+    return value
+
+
+def _map_path(path: bytes, base: bytes, prefix: bytes | None) -> bytes | None:
+    """``path`` as seen upstream → as seen by the client; None when it is outside ``base``."""
+    if prefix is None:
+        return path
+    if base:
+        if not path.startswith(base) or path[len(base):len(base) + 1] not in (b"", b"/",
+                                                                                b"?", b"#"):
+            return None
+        path = path[len(base):]
+    out = prefix + path
+    if not out.startswith(b"/"):
+        out = b"/" + out
+    return out

@@ -1,0 +1,292 @@
+"""HTTP/1.1 message readers over bytes: httptools (llhttp) frames, this module judges.
+
+May: turn bytes from a client or an upstream into events (the framing rules
+and size budgets they apply live in ``framing``), check the request line,
+version, Host and target, and stop at the head of a response to HEAD.
+May not: touch sockets, import gevent, decide routing. Protocol errors are
+``HTTPError`` carrying the status the client should get (400/431/501 for a
+client, 502 for an upstream); the connection handler turns them into responses
+in one place.
+"""
+
+from __future__ import annotations
+
+import httptools
+
+from .framing import BODY, END, HEAD, INFO, UPGRADE, Fields, Reader
+from .request import HTTPError, Request
+
+__all__ = ["BODY", "END", "HEAD", "INFO", "UPGRADE", "RequestReader", "Response",
+           "ResponseReader"]
+
+# RFC 9110 §7.2 / RFC 3986 §3.2.2: reg-name, IP literal and port characters.
+# Anything else in Host ("/", "@", spaces, quotes) is refused with a 400
+# (RFC 9112 §3.2), because Host is echoed into X-Forwarded-Host and Location.
+_HOST_CHARS = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~!$&'()*+,;=:[]%"
+
+
+class RequestReader(Reader):
+    """Feeds a client connection's bytes to llhttp; queues (kind, payload) events.
+
+    One reader lives as long as the connection: keep-alive and pipelined
+    requests come out in order. Nothing is buffered beyond what one ``feed``
+    produced, so memory stays bounded by the read size.
+    """
+
+    def __init__(self, header_limit: int, client_addr: tuple[str, int] = ("", 0),
+                 server_port: int = 0, scheme: str = "http") -> None:
+        super().__init__(header_limit, 400)
+        self._url = b""
+        self._parser = httptools.HttpRequestParser(self)
+        self._client_addr = client_addr
+        self._server_port = server_port
+        self._scheme = scheme
+        self.upgraded = False
+
+    # -- httptools callbacks --------------------------------------------------
+    def on_message_begin(self) -> None:
+        self._fields.reset()
+        self._url = b""
+        self._trailers = None
+        self._trailer_size = 0
+        self.in_head = True
+
+    def on_url(self, url: bytes) -> None:
+        self._ticks += 1
+        self._url += url
+        if len(self._url) > self._fields.limit:
+            raise HTTPError("request target too long", 414)
+
+    def on_headers_complete(self) -> None:
+        self.in_head = False
+        self.events.append((HEAD, self._build()))
+
+    def on_message_complete(self) -> None:
+        self.events.append((END, self._trailers or []))
+
+    # -- feeding ----------------------------------------------------------------
+    def feed(self, data: bytes) -> None:
+        """Parse ``data``; events land in ``self.events``. Raises HTTPError."""
+        ticks, events = self._ticks, len(self.events)
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            self.upgraded = True
+            self.events.append((UPGRADE, data[exc.args[0]:]))
+            return
+        except httptools.HttpParserCallbackError as exc:
+            raise (exc.__context__ if isinstance(exc.__context__, HTTPError)
+                   else HTTPError(f"bad request: {exc}")) from None
+        except httptools.HttpParserInvalidMethodError:
+            raise HTTPError("invalid method", 400) from None
+        except httptools.HttpParserError as exc:
+            raise HTTPError(f"bad request: {exc}", 400) from None
+        self._account(len(data), ticks, events)
+
+    def _build(self) -> Request:
+        f = self._fields
+        p = self._parser
+        version = p.get_http_version()
+        method = p.get_method().decode("ascii")
+        if version != "1.1":
+            _check_version(version, f)
+        if f.hosts != 1 and (version == "1.1" or f.hosts):
+            # RFC 9112 §3.2: 400 for a missing Host in HTTP/1.1 and for more than one.
+            raise HTTPError("missing or repeated Host header", 400)
+        target = self._url
+        if b"#" in target:
+            # A fragment is never part of a request target (RFC 9112 §3.2).
+            raise HTTPError("fragment in request target", 400)
+        raw_path, _, query = target.partition(b"?")
+        headers = f.headers
+        host = b""
+        if raw_path[:1] != b"/":
+            raw_path, host = _absolute_form(raw_path, method)
+            # RFC 9112 §3.2.2: the target's authority replaces any Host field.
+            headers = [(k, host if k.lower() == b"host" else v) for k, v in headers]
+        elif f.hosts:
+            for name, value in headers:
+                if len(name) == 4 and name.lower() == b"host":
+                    host = value
+                    break
+        if host and host.strip().translate(None, _HOST_CHARS):  # a byte outside the set
+            raise HTTPError("invalid Host header", 400)
+        upgrade = p.should_upgrade()
+        return Request(
+            method=method,
+            target=target,
+            path="",  # filled by the handler (urlpath.normalize) so errors stay 400s there
+            query=query,
+            version=version,
+            headers=headers,
+            host=_host_only(host) if host else "",
+            keep_alive=p.should_keep_alive() and not upgrade,
+            content_length=f.content_length,
+            chunked=f.chunked,
+            upgrade=upgrade,
+            client_addr=self._client_addr,
+            server_port=self._server_port,
+            scheme=self._scheme,
+            raw_path=raw_path,
+        )
+
+
+def _check_version(version: str, f: Fields) -> None:
+    if version != "1.0":
+        # HTTP/0.9 has no headers to frame a body or carry Host; 2.x is not spoken here.
+        raise HTTPError(f"HTTP/{version} is not supported", 400 if version < "1" else 505)
+    if f.codings:
+        # RFC 9112 §6.1: Transfer-Encoding in HTTP/1.0 means the framing is faulty.
+        raise HTTPError("Transfer-Encoding in an HTTP/1.0 request", 400)
+
+
+def _absolute_form(raw_path: bytes, method: str) -> tuple[bytes, bytes]:
+    """Accept ``http://host/path`` targets (RFC 9112 §3.2.2); refuse the rest."""
+    if method == "CONNECT":
+        raise HTTPError("CONNECT is not supported by a reverse proxy", 405)
+    lower = raw_path[:8].lower()
+    if lower.startswith((b"http://", b"https://")):
+        rest = raw_path.split(b"://", 1)[1]
+        host, slash, path = rest.partition(b"/")
+        if not host or b"@" in host:
+            raise HTTPError("absolute-form target without a usable host", 400)
+        return slash + path if slash else b"/", host
+    raise HTTPError("request target must be an absolute path", 400)
+
+
+def _host_only(host: bytes) -> str:
+    """Lower-cased host without the port; IPv6 literals keep their brackets."""
+    h = host.strip().lower()
+    if h.startswith(b"["):
+        end = h.find(b"]")
+        return h[: end + 1].decode("latin-1")
+    return h.partition(b":")[0].decode("latin-1")
+
+
+class Response:
+    """The head of one upstream response."""
+
+    __slots__ = (
+        "chunked",
+        "content_length",
+        "headers",
+        "keep_alive",
+        "reason",
+        "status",
+        "upgrade",
+        "version",
+    )
+
+    def __init__(self, status: int, version: str, headers: list[tuple[bytes, bytes]],
+                 content_length: int | None, chunked: bool, keep_alive: bool,
+                 upgrade: bool, reason: bytes = b"") -> None:
+        self.status = status
+        self.version = version
+        self.headers = headers
+        self.content_length = content_length
+        self.chunked = chunked
+        self.keep_alive = keep_alive
+        self.upgrade = upgrade
+        self.reason = reason
+
+
+class ResponseReader(Reader):
+    """Parses one upstream response (plus any 1xx before it).
+
+    A fresh reader per response: llhttp cannot be told that a response to HEAD
+    has no body, so for HEAD we stop at the head ourselves. Bytes beyond the end
+    of the response set ``leftover``: such a connection is never reused, so they
+    can never become the next client's response.
+    """
+
+    def __init__(self, header_limit: int, head_request: bool = False) -> None:
+        super().__init__(header_limit, 502)
+        self._parser = httptools.HttpResponseParser(self)
+        self._head_request = head_request
+        self._info = False
+        self._reason = b""
+        self.final: Response | None = None  # set by the proxy when it sends the head
+        self.done = False
+        self.head_seen = False
+        self.leftover = False
+
+    def on_message_begin(self) -> None:
+        if self.done:
+            self.leftover = True
+        self._fields.reset()
+        self._trailers = None
+        self._trailer_size = 0
+        self._reason = b""
+        self.in_head = True
+
+    def on_status(self, reason: bytes) -> None:
+        self._ticks += 1
+        self._reason += reason
+        if len(self._reason) > self._fields.limit:
+            raise HTTPError("status line too long", 502)
+
+    def on_headers_complete(self) -> None:
+        self.in_head = False
+        if self.done:
+            return
+        f = self._fields
+        p = self._parser
+        status = p.get_status_code()
+        if status < 100:
+            raise HTTPError(f"invalid status {status} from upstream", 502)
+        resp = Response(status, p.get_http_version(), f.headers, f.content_length, f.chunked,
+                        p.should_keep_alive(), status == 101, self._reason)
+        if status < 200 and status != 101:
+            self._info = True
+            self.events.append((INFO, resp))
+            return
+        self.head_seen = True
+        self.events.append((HEAD, resp))
+        if self._head_request:
+            self._finish()
+
+    def on_body(self, body: bytes) -> None:
+        if not self.done:
+            self.events.append((BODY, body))
+        else:
+            self.leftover = True
+
+    def on_message_complete(self) -> None:
+        if self._info:  # the end of a 1xx: the real response follows
+            self._info = False
+            return
+        self._finish()
+
+    def _finish(self) -> None:
+        if not self.done:
+            self.done = True
+            self.events.append((END, self._trailers or []))
+
+    def feed(self, data: bytes) -> None:
+        """Parse ``data``; raises HTTPError (502) for a response that cannot be relayed."""
+        ticks, events = self._ticks, len(self.events)
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            self.events.append((UPGRADE, data[exc.args[0]:]))
+            return
+        except (httptools.HttpParserCallbackError, httptools.HttpParserError) as exc:
+            if self.done:
+                self.leftover = True  # garbage after a complete response: not reusable
+                return
+            context = exc.__context__
+            raise (context if isinstance(context, HTTPError)
+                   else HTTPError(f"invalid upstream response: {exc}", 502)) from None
+        if not self.done:
+            self._account(len(data), ticks, events)
+
+    def feed_eof(self) -> None:
+        """The upstream closed. Close-delimited bodies end here (RFC 9112 §6.3 item 8)."""
+        if self.done:
+            return
+        f = self._fields
+        if not self.head_seen:
+            raise HTTPError("upstream closed the connection before answering", 502)
+        if f.chunked or f.content_length is not None:
+            raise HTTPError("upstream closed the connection in the middle of the body", 502)
+        self._finish()

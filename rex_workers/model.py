@@ -1,0 +1,160 @@
+"""The typed, frozen configuration every part of Rex works from.
+
+The loader (``config.py``) is the only code that sees raw YAML dicts; it builds
+these objects once and everything downstream (master, routing table, workers)
+reads them. Pure data: no I/O, no gevent, safe to import in the master.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+# Defaults live here, beside the fields they fill, so the schema, the docs and
+# the code agree on one number each.
+DEFAULT_HOST = "0.0.0.0"
+DEFAULT_INDEX = ("index.html",)
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    """Seconds. ``header``: whole request head; ``idle``: keep-alive between requests."""
+
+    connect: float = 5.0
+    read: float = 60.0
+    header: float = 10.0
+    idle: float = 75.0  # nginx's keepalive_timeout default
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    header_bytes: int = 16 * 1024  # Node's and llhttp's default maximum head size
+    body_bytes: int = 1024**3  # 1 GiB; a proxy for dev boxes must take real uploads
+    connections: int = 16384  # per worker; RLIMIT_NOFILE is raised to the hard limit
+
+
+@dataclass(frozen=True, slots=True)
+class Upstream:
+    """One backend address. ``base_path`` is "" unless the destination had a path."""
+
+    url: str
+    scheme: str  # "http" or "https"
+    host: str
+    port: int
+    base_path: str = ""
+    weight: int = 1
+    backup: bool = False
+    max_fails: int = 1
+    fail_timeout: float = 10.0
+
+    @property
+    def key(self) -> str:
+        """Stable identity used by balancers, health state and metrics."""
+        return f"{self.scheme}://{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class HealthCheck:
+    path: str = "/"
+    interval: float = 5.0
+    timeout: float = 2.0
+    fails: int = 2
+    passes: int = 2
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """One ``routes[]`` entry. Exactly one of ``upstreams`` / ``wsgi`` is set."""
+
+    path: str  # the pattern as written, e.g. "/api", "/assets/*.js", "/*"
+    index: int  # position in the file: the last tie-breaker
+    upstreams: tuple[Upstream, ...] = ()
+    wsgi: str | None = None  # "package.module:callable" or "module:factory()"
+    strip_prefix: bool = False
+    preserve_host: bool = False
+    methods: frozenset[str] | None = None  # None: every method
+    priority: int = 0
+    balance: str = "round_robin"
+    health_check: HealthCheck | None = None
+    retries: int = 1  # extra attempts on another upstream (idempotent requests)
+    timeouts: Timeouts = field(default_factory=Timeouts)
+    pool: int | None = None  # WSGI: max concurrent app calls per worker
+    line: int = 0  # config line, for messages
+
+
+@dataclass(frozen=True, slots=True)
+class StaticOptions:
+    index: tuple[str, ...] = DEFAULT_INDEX
+    fallback: str | None = None  # SPA fallback file, relative to the root
+    cache_control: str | None = None
+    precompressed: bool = True
+    listing: bool = False
+    follow_symlinks: bool = False
+    dotfiles: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class TLS:
+    cert: str  # absolute paths
+    key: str
+
+
+@dataclass(frozen=True, slots=True)
+class Instance:
+    index: int
+    port: int
+    host: str = DEFAULT_HOST
+    public: str | None = None  # absolute, existing directory
+    server_names: tuple[str, ...] = ()  # empty: any host
+    tls: TLS | None = None
+    redirect_https: bool = False  # answer every request with a 308 to https
+    routes: tuple[Route, ...] = ()
+    static: StaticOptions = field(default_factory=StaticOptions)
+    line: int = 0
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return (self.host, self.port)
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.tls else "http"
+
+
+@dataclass(frozen=True, slots=True)
+class Logging:
+    access: str | None = "stdout"  # "stdout", "stderr", a path, or None (off)
+    format: str = "combined"  # or "json"
+    error: str = "stderr"  # "stderr", "stdout" or a path
+    level: str = "info"
+
+
+@dataclass(frozen=True, slots=True)
+class Admin:
+    port: int
+    host: str = "127.0.0.1"
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    path: str  # absolute path of the YAML file ("" for the built-in default)
+    digest: str  # sha256 of the file's bytes: reloads compare it
+    instances: tuple[Instance, ...]
+    upstream: tuple[Upstream, ...] = ()  # the original's global round-robin pool
+    upstream_balance: str = "round_robin"
+    workers: int = 1  # "auto" already resolved to the usable CPU count
+    timeouts: Timeouts = field(default_factory=Timeouts)
+    limits: Limits = field(default_factory=Limits)
+    logging: Logging = field(default_factory=Logging)
+    admin: Admin | None = None
+    graceful_timeout: float = 30.0
+    timeout: float = 30.0  # heartbeat: a worker silent this long is replaced
+    max_requests: int = 0  # 0: never recycle
+    max_requests_jitter: int = 0
+    reuse_port: bool = False
+    trusted_proxies: tuple[str, ...] = ()  # CIDRs whose X-Forwarded-* are kept
+    monkey_patch: bool = False
+    pythonpath: tuple[str, ...] = ()  # absolute directories
+
+    @property
+    def has_wsgi(self) -> bool:
+        return any(r.wsgi for i in self.instances for r in i.routes)

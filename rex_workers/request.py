@@ -1,0 +1,57 @@
+"""The parsed head of one client request, as every responder sees it.
+
+Built by the connection handler from httptools callbacks; read by routing,
+the proxy, static files and WSGI. Pure data: no sockets, no gevent.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+class HTTPError(Exception):
+    """A protocol problem that becomes exactly one response with ``status``.
+
+    Raised anywhere in request handling; the connection handler is the one
+    place that turns it into a page (h11's ``RemoteProtocolError`` idea).
+    """
+
+    status = 400
+    close = True  # the connection cannot be trusted after this error
+
+    def __init__(self, reason: str, status: int | None = None) -> None:
+        super().__init__(reason)
+        if status is not None:
+            self.status = status
+        self.reason = reason
+
+
+@dataclass(slots=True)
+class Request:
+    method: str  # "GET"
+    target: bytes  # the raw request target, byte for byte: b"/api/x?y=1"
+    path: str  # decoded, dot-segments resolved: what routing matches ("/api/x")
+    query: bytes  # raw query without "?" (b"" when none)
+    version: str  # "1.1" or "1.0"
+    headers: list[tuple[bytes, bytes]]  # as received (names keep their case)
+    host: str = ""  # Host without port, lower-cased ("" when absent)
+    keep_alive: bool = True
+    content_length: int | None = None
+    chunked: bool = False
+    upgrade: bool = False  # a valid Upgrade request (e.g. WebSocket)
+    client_addr: tuple[str, int] = ("", 0)
+    server_port: int = 0
+    scheme: str = "http"
+    raw_path: bytes = b""  # target without the query
+    extra: dict = field(default_factory=dict)  # per-request scratch (timings, log)
+
+    @property
+    def has_body(self) -> bool:
+        return self.chunked or bool(self.content_length)
+
+    def header(self, name: bytes) -> bytes | None:
+        """First value of ``name`` (lower-case bytes), or None."""
+        for k, v in self.headers:
+            if k.lower() == name:
+                return v
+        return None

@@ -1,0 +1,190 @@
+"""Connections to upstream servers: connect, keep a pool of idle ones, resolve names.
+
+Socket code (gevent). A worker owns one ``ConnectionPool``; connections are
+keyed by the upstream's address, kept LIFO (the warmest first) and dropped
+when idle too long. Names are resolved at connect time and cached briefly, so
+a restarted container's new address is picked up (SPEC §5).
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import math
+import socket as _stdsocket
+import ssl
+import time
+
+from gevent import socket
+
+from .model import Upstream
+
+DNS_TTL = 5.0
+IDLE_TIMEOUT = 55.0  # below the 60 s many servers (gunicorn: 2 s!) use; stale ones are retried
+MAX_IDLE_PER_UPSTREAM = 64
+
+
+def send_all(sock: socket.socket, data: bytes) -> None:
+    """``sendall`` in one ``send`` when the kernel takes it all, as it nearly always does.
+
+    gevent's ``sendall`` asks the socket for SO_SNDBUF on every call: one more
+    system call per write on the hot path, for nothing when one send suffices.
+    """
+    sent = sock.send(data)
+    if sent < len(data):
+        sock.sendall(memoryview(data)[sent:])
+
+
+def shutdown(sock: socket.socket) -> None:
+    """Shut both directions; wakes a greenlet blocked on ``sock`` without closing it."""
+    try:
+        sock.shutdown(_stdsocket.SHUT_RDWR)
+    except OSError:
+        pass  # already closed or never connected: nothing left to wake
+
+
+class UpstreamError(Exception):
+    """Could not reach or talk to the upstream; ``status`` is what the client gets."""
+
+    def __init__(self, reason: str, status: int = 502, *, sent: bool = False,
+                 retry: bool = True, stale: bool = False) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.status = status
+        self.sent = sent  # bytes of the request may have reached the upstream
+        self.retry = retry  # another upstream may be tried (not after a read timeout)
+        self.stale = stale  # failed before any answer: a pooled connection had died
+
+
+class Resolver:
+    """getaddrinfo with a short cache; literal IPs skip it entirely.
+
+    ``lookup`` and ``clock`` are injectable so the caching rule is tested
+    without a DNS server or sleeping.
+    """
+
+    def __init__(self, ttl: float = DNS_TTL, lookup=None, clock=time.monotonic) -> None:
+        self._ttl = ttl
+        self._lookup = lookup or _getaddrinfo
+        self._clock = clock
+        self._cache: dict[tuple[str, int], tuple[float, list]] = {}
+
+    def resolve(self, host: str, port: int) -> list:
+        """getaddrinfo-style entries for ``host:port``; OSError when it cannot resolve."""
+        key = (host, port)
+        hit = self._cache.get(key)
+        now = self._clock()
+        if hit and hit[0] > now:
+            return hit[1]
+        infos = _literal(host, port)
+        # A literal address never changes; a name is asked again after the TTL,
+        # so a restarted container's new address is picked up (SPEC §5).
+        expires = math.inf if infos else now + self._ttl
+        if infos is None:
+            infos = self._lookup(host, port)
+        self._cache[key] = (expires, infos)
+        return infos
+
+
+def _getaddrinfo(host: str, port: int) -> list:
+    return socket.getaddrinfo(host, port, 0, _stdsocket.SOCK_STREAM)
+
+
+def _literal(host: str, port: int) -> list | None:
+    """getaddrinfo's answer for an IP literal, without a resolver round trip."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return None
+    family = _stdsocket.AF_INET6 if ":" in host else _stdsocket.AF_INET
+    addr = (host, port, 0, 0) if family == _stdsocket.AF_INET6 else (host, port)
+    return [(family, _stdsocket.SOCK_STREAM, _stdsocket.IPPROTO_TCP, "", addr)]
+
+
+class ConnectionPool:
+    def __init__(self, resolver: Resolver | None = None) -> None:
+        self._idle: dict[str, list[tuple[float, socket.socket]]] = {}
+        self._resolver = resolver or Resolver()
+        self._tls = None
+
+    def get(self, up: Upstream, connect_timeout: float, *, check: bool = False,
+            fresh: bool = False):
+        """``(socket, reused)``: an idle pooled connection (``reused`` True) or a new one.
+
+        ``check``: peek at a pooled socket first, for requests that cannot be
+        retried; a closed one is dropped instead of failing the request.
+        ``fresh``: always connect (the retry after a stale pooled connection).
+        """
+        idle = None if fresh else self._idle.get(up.key)
+        now = time.monotonic()
+        while idle:
+            since, sock = idle.pop()
+            if now - since > IDLE_TIMEOUT or (check and not _alive(sock)):
+                sock.close()
+                continue
+            return sock, True
+        return self.connect(up, connect_timeout), False
+
+    def put(self, up: Upstream, sock: socket.socket) -> None:
+        idle = self._idle.setdefault(up.key, [])
+        if len(idle) >= MAX_IDLE_PER_UPSTREAM:
+            idle.pop(0)[1].close()
+        idle.append((time.monotonic(), sock))
+
+    def connect(self, up: Upstream, timeout: float) -> socket.socket:
+        try:
+            infos = self._resolver.resolve(up.host, up.port)
+        except OSError as exc:
+            raise UpstreamError(f"cannot resolve {up.host}: {exc}") from None
+        last: Exception | None = None
+        for family, kind, proto, _name, addr in infos:
+            sock = socket.socket(family, kind, proto)
+            sock.settimeout(timeout)
+            try:
+                sock.connect(addr)
+            except TimeoutError:
+                sock.close()
+                raise UpstreamError(f"connect to {up.key} timed out", 504) from None
+            except OSError as exc:
+                sock.close()
+                last = exc
+                continue
+            sock.setsockopt(_stdsocket.IPPROTO_TCP, _stdsocket.TCP_NODELAY, 1)
+            if up.scheme == "https":
+                sock = self._wrap_tls(sock, up.host)
+            return sock
+        reason = getattr(last, "strerror", None) or str(last)
+        raise UpstreamError(f"connect to {up.key} failed: {reason}")
+
+    def _wrap_tls(self, sock: socket.socket, host: str) -> socket.socket:
+        from gevent import ssl as gssl
+
+        if self._tls is None:
+            self._tls = gssl.create_default_context()
+        try:
+            return self._tls.wrap_socket(sock, server_hostname=host)
+        except (ssl.SSLError, OSError) as exc:
+            sock.close()
+            raise UpstreamError(f"TLS handshake with {host} failed: {exc}") from None
+
+    def close(self) -> None:
+        for idle in self._idle.values():
+            for _since, sock in idle:
+                sock.close()
+        self._idle.clear()
+
+
+def _alive(sock: socket.socket) -> bool:
+    """True unless the peer has closed (or sent unsolicited bytes on) an idle socket."""
+    # The raw socket under gevent's wrapper: gevent's own recv would wait for
+    # readability instead of reporting EAGAIN, which is the answer we want here.
+    raw = getattr(sock, "_sock", sock)
+    try:
+        raw.recv(1, _stdsocket.MSG_PEEK | _stdsocket.MSG_DONTWAIT)
+    except BlockingIOError:
+        return True
+    except OSError as exc:
+        return exc.errno in (errno.EAGAIN, errno.EWOULDBLOCK)
+    # EOF, or bytes nobody asked for: either way the connection is unusable, and
+    # stray bytes must never be read as the next response.
+    return False

@@ -1,0 +1,265 @@
+"""A worker process: gevent servers on the sockets the master bound.
+
+Called by the master in the child right after ``fork``; it never returns into
+the master's code. Order matters (SPEC §8, §9): gevent's hub is reinitialised
+first, then ``monkey.patch_all()`` if the config asks for it (WSGI routes),
+and only then is application code imported. May: accept on the inherited
+sockets, serve connections, write its own scoreboard slot. May not: bind,
+touch another slot, or outlive the master.
+
+Signals: TERM drains (stop accepting, let in-flight requests and WebSockets
+finish up to ``graceful_timeout``, close idle keep-alives), INT and QUIT stop
+at once, USR1 reopens log files, HUP/TTIN/TTOU are the master's and ignored.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import socket as _stdsocket
+import sys
+import time
+import traceback
+from collections.abc import Iterable
+from typing import NoReturn
+
+import gevent
+import gevent.event
+import gevent.socket
+
+from .daemon import set_title
+from .model import Config
+from .routing import VirtualHosts
+from .scoreboard import BOOT_FAILED, DRAINING, READY, SlotWriter
+
+# A keep-alive connection that is idle when the drain starts may be a client
+# that has just read a response and is about to send its next request. Closing
+# it at once races that request (the client sees a reset on a reused
+# connection), and so does closing a busy one right after a response that
+# promised keep-alive. So a connection is marked ``keep_alive = False`` only
+# while it is idle, which makes its *next* response say ``Connection: close``;
+# clients still in use get one more response and leave cleanly. Connections
+# that stay idle this long are then closed: only those can meet a request on
+# the way, and RFC 9112 §9.3.1 lets their clients retry on a new connection.
+IDLE_GRACE = 1.0
+DRAIN_TICK = 0.02  # seconds between looks for connections idle past IDLE_GRACE
+
+
+def main(config: Config, vhosts: dict[tuple[str, int], VirtualHosts],
+         sockets: dict[tuple[str, int], _stdsocket.socket], slot: SlotWriter, *,
+         worker_id: int, generation: int, master_pid: int, log_path: str = "",
+         drop: Iterable = ()) -> NoReturn:
+    """The forked child's entry point: close what is not ours, run, exit; never returns.
+
+    ``drop`` holds the master's descriptors (ints) and sockets the worker must not keep.
+    """
+    code = 1
+    try:
+        for item in drop:
+            if isinstance(item, int):
+                os.close(item)
+            elif item is not None:
+                item.close()
+        code = run(config, vhosts, sockets, slot, worker_id=worker_id, generation=generation,
+                   master_pid=master_pid, log_path=log_path)
+    except BaseException:  # whatever happens, the child must not return into the master
+        traceback.print_exc()
+    finally:
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        finally:
+            os._exit(code)
+
+
+def run(config: Config, vhosts: dict[tuple[str, int], VirtualHosts],
+        sockets: dict[tuple[str, int], _stdsocket.socket], slot: SlotWriter, *,
+        worker_id: int, generation: int, master_pid: int, log_path: str = "") -> int:
+    """The whole life of a worker; returns its exit status.
+
+    ``log_path`` is the file the master's stdout/stderr go to when it is a
+    daemon: on SIGUSR1 the worker points its own stdout/stderr there again.
+    """
+    gevent.reinit()
+    slot.boot(os.getpid())
+    for sig in (signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU, signal.SIGUSR1):
+        # The master's signals (and a terminal's HUP); USR1 until serve_forever handles it.
+        signal.signal(sig, signal.SIG_IGN)
+    title = f"rex: worker {worker_id} [gen {generation}]"
+    set_title(title)
+    try:
+        if config.monkey_patch or config.has_wsgi:
+            from gevent import monkey
+
+            monkey.patch_all()
+        worker = Worker(config, vhosts, sockets, slot, worker_id, title, master_pid, log_path)
+    except Exception as exc:  # any boot failure is reported to the master, not raised
+        slot.fail(f"worker {worker_id} could not start: {type(exc).__name__}: {exc}")
+        traceback.print_exc(file=sys.stderr)
+        return BOOT_FAILED
+    return worker.serve_forever()
+
+
+class Worker:
+    """One process's servers, its heartbeat and its way out (drain or stop)."""
+
+    def __init__(self, config: Config, vhosts: dict[tuple[str, int], VirtualHosts],
+                 sockets: dict[tuple[str, int], _stdsocket.socket], slot: SlotWriter,
+                 worker_id: int, title: str, master_pid: int, log_path: str) -> None:
+        from gevent.pool import Pool
+        from gevent.server import StreamServer
+
+        from .runtime import Runtime
+
+        self.config = config
+        self.slot = slot
+        self.title = title
+        self.master_pid = master_pid
+        self.log_path = log_path
+        self.draining = False
+        self.stopping = gevent.event.Event()
+        self.rt = Runtime(config, vhosts, f"[worker {worker_id}] ")
+        if config.has_wsgi:
+            self.rt.load_wsgi()
+        self.pool = Pool(config.limits.connections)
+        self.servers = []
+        for address, sock in sockets.items():
+            listener = self.rt.listeners[address]
+            gsock = gevent.socket.socket(sock.family, sock.type, sock.proto,
+                                         fileno=os.dup(sock.fileno()))
+            sock.close()  # the worker keeps only its gevent copy of the master's socket
+            self.servers.append(StreamServer(gsock, self._handler(listener), spawn=self.pool))
+        jitter = config.max_requests_jitter
+        # Jitter keeps workers started together from all recycling at once.
+        self.max_requests = (config.max_requests + random.randint(0, jitter)
+                             if config.max_requests else 0)
+
+    def _handler(self, listener):
+        from .handler import ClientConn
+
+        rt = self.rt
+
+        def handle(sock, addr) -> None:
+            try:
+                sock.setsockopt(_stdsocket.IPPROTO_TCP, _stdsocket.TCP_NODELAY, 1)
+            except OSError:
+                pass  # not TCP (tests may use other families): latency tweak only
+            conn = ClientConn(sock, addr, listener, rt)
+            rt.connections.add(conn)
+            try:
+                conn.serve()
+            finally:
+                rt.connections.discard(conn)
+
+        return handle
+
+    # -- life ---------------------------------------------------------------------
+    def serve_forever(self) -> int:
+        gevent.signal_handler(signal.SIGTERM, self.drain, "SIGTERM")
+        gevent.signal_handler(signal.SIGINT, self.stop_now)
+        gevent.signal_handler(signal.SIGQUIT, self.stop_now)
+        gevent.signal_handler(signal.SIGUSR1, self.reopen_logs)
+        for server in self.servers:
+            server.start()
+        self.slot.beat(0, 0, READY)
+        beat = gevent.spawn(self._heartbeat)
+        self.stopping.wait()
+        beat.kill()
+        return 0
+
+    def _heartbeat(self) -> None:
+        """Prove the hub runs; a blocked hub stops this loop and the master notices."""
+        interval = max(min(self.config.timeout / 4, 1.0), 0.05)
+        rt = self.rt
+        while True:
+            self.slot.beat(rt.requests, rt.open_connections)
+            if os.getppid() != self.master_pid:
+                # Orphaned (the master was killed): nobody would replace or stop us.
+                self.drain("the master is gone")
+            elif self.max_requests and rt.requests >= self.max_requests:
+                # Recycling takes the graceful path; the master sees DRAINING in
+                # the slot and starts the replacement at once.
+                self.drain(f"recycling after {rt.requests} requests")
+            gevent.sleep(interval)
+
+    def reopen_logs(self) -> None:
+        if self.log_path:
+            fd = os.open(self.log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            os.dup2(fd, 1)
+            os.dup2(fd, 2)
+            os.close(fd)
+        self.rt.log.reopen()
+
+    # -- stopping -------------------------------------------------------------------
+    def drain(self, why: str) -> None:
+        """Stop accepting; finish what is in flight; then exit (SPEC §9)."""
+        if self.draining:
+            return
+        self.draining = True
+        rt = self.rt
+        self.slot.beat(rt.requests, rt.open_connections, DRAINING)
+        set_title(f"{self.title} draining")
+        rt.log.info(f"draining ({why})")
+        for server in self.servers:
+            server.close()  # the master's copy keeps the socket (and its queue) alive
+        gevent.spawn(self._drain)
+
+    def _drain(self) -> None:
+        # A busy connection turns idle when its handler blocks waiting for the next
+        # request; a prepare watcher runs each time the hub is about to block, so it
+        # sees that moment without polling for it.
+        marker = gevent.get_hub().loop.prepare(ref=False)
+        marker.start(self._mark_idle)
+        grace = min(IDLE_GRACE, self.config.graceful_timeout / 2)
+        deadline = time.monotonic() + self.config.graceful_timeout
+        idle_since: dict = {}
+        try:
+            while len(self.pool) and time.monotonic() < deadline:
+                now = time.monotonic()
+                idle_since = {conn: idle_since.get(conn, now) for conn in self.rt.connections
+                              if conn.idle}
+                for conn, since in idle_since.items():
+                    if now - since >= grace and _quiet(conn):
+                        _shutdown(conn.sock)
+                gevent.sleep(DRAIN_TICK)
+        finally:
+            marker.stop()
+        self.stop_now()
+
+    def _mark_idle(self) -> None:
+        for conn in self.rt.connections:
+            if conn.idle:
+                conn.keep_alive = False  # its next response says Connection: close
+
+    def stop_now(self) -> None:
+        """INT/QUIT, or the drain's deadline: cut whatever is left."""
+        self.draining = True
+        self.rt.draining = True
+        for server in self.servers:
+            server.close()
+        for tunnel in list(self.rt.tunnels):
+            tunnel.kill(block=False)
+        self.pool.kill(block=False)
+        self.stopping.set()
+
+
+def _quiet(conn) -> bool:
+    """No request under way: no partial head parsed, no unread bytes from the client."""
+    if conn.reader.in_head:
+        return False
+    raw = getattr(conn.sock, "_sock", conn.sock)
+    try:
+        return not raw.recv(1, _stdsocket.MSG_PEEK | _stdsocket.MSG_DONTWAIT)
+    except BlockingIOError:
+        return True  # nothing to read: quiet
+    except OSError:
+        return True  # already broken: closing it is all that is left
+
+
+def _shutdown(sock) -> None:
+    try:
+        sock.shutdown(_stdsocket.SHUT_RDWR)  # wakes the handler's recv with EOF
+    except OSError:
+        pass  # already gone
+

@@ -1,0 +1,208 @@
+"""Unit tests of rex_workers.http1: bytes in, events or HTTPError out (no sockets)."""
+
+from __future__ import annotations
+
+import pytest
+
+from rex_workers.http1 import (
+    BODY,
+    END,
+    HEAD,
+    INFO,
+    UPGRADE,
+    RequestReader,
+    ResponseReader,
+)
+from rex_workers.request import HTTPError
+
+
+def events(reader, *pieces: bytes) -> list:
+    for piece in pieces:
+        reader.feed(piece)
+    out = list(reader.events)
+    reader.events.clear()
+    return out
+
+
+def request(data: bytes, limit: int = 16384):
+    kinds = events(RequestReader(limit, ("10.0.0.1", 5555), 8080), data)
+    assert kinds[0][0] == HEAD
+    return kinds[0][1], kinds[1:]
+
+
+def refused(data: bytes, limit: int = 16384) -> HTTPError:
+    with pytest.raises(HTTPError) as info:
+        events(RequestReader(limit), data)
+    return info.value
+
+
+def test_simple_request_head_fields():
+    req, rest = request(b"GET /a/b?x=1&y=%20 HTTP/1.1\r\nHost: Example.COM:8080\r\n"
+                        b"X-A: 1\r\n\r\n")
+    assert (req.method, req.target, req.raw_path, req.query) == (
+        "GET", b"/a/b?x=1&y=%20", b"/a/b", b"x=1&y=%20")
+    assert req.host == "example.com" and req.keep_alive and not req.has_body
+    assert req.headers == [(b"Host", b"Example.COM:8080"), (b"X-A", b"1")]
+    assert req.client_addr == ("10.0.0.1", 5555) and req.server_port == 8080
+    assert rest == [(END, [])]
+
+
+def test_pipelined_requests_come_out_in_order():
+    reader = RequestReader(16384)
+    out = events(reader, b"GET /1 HTTP/1.1\r\nHost: a\r\n\r\nGET /2 HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert [k for k, _ in out] == [HEAD, END, HEAD, END]
+    assert [p.target for k, p in out if k == HEAD] == [b"/1", b"/2"]
+
+
+def test_chunked_body_and_trailers_forbidden_fields_dropped():
+    req, rest = request(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+                        b"3;ext=1\r\nabc\r\n2\r\nde\r\n0\r\nX-Sum: 5\r\n"
+                        b"Authorization: x\r\n\r\n")
+    assert req.chunked and req.content_length is None
+    assert rest == [(BODY, b"abc"), (BODY, b"de"), (END, [(b"X-Sum", b"5")])]
+
+
+def test_body_split_across_feeds():
+    reader = RequestReader(16384)
+    out = events(reader, b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 6\r\n\r\nab", b"cd",
+                 b"ef")
+    assert [(k, p) for k, p in out if k != HEAD] == [(BODY, b"ab"), (BODY, b"cd"),
+                                                       (BODY, b"ef"), (END, [])]
+
+
+@pytest.mark.parametrize(("data", "status"), [
+    (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\nabc", 400),
+    (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n", 501),
+    (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n"
+     b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400),
+    (b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400),
+    (b"GET / HTTP/1.1\r\nHost: a\r\nHost: a\r\n\r\n", 400),
+    (b"GET / HTTP/1.0\r\nHost: a\r\nHost: b\r\n\r\n", 400),
+    (b"GET / HTTP/1.1\r\n\r\n", 400),
+    (b"GET / HTTP/1.1\r\nHost: a/b\r\n\r\n", 400),
+    (b"GET /a#frag HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+    (b"GET / HTTP/2.0\r\nHost: a\r\n\r\n", 505),
+    (b"CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n", 405),
+    (b"GET http://user@evil/ HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+    (b"GET a HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+])
+def test_refusals_carry_their_status(data, status):
+    assert refused(data).status == status
+
+
+def test_http10_without_host_is_fine_and_closes():
+    req, _ = request(b"GET / HTTP/1.0\r\n\r\n")
+    assert req.version == "1.0" and not req.keep_alive and req.host == ""
+
+
+def test_absolute_form_authority_replaces_host():
+    req, _ = request(b"GET http://Real.example:81/p?q HTTP/1.1\r\nHost: other\r\n\r\n")
+    assert req.raw_path == b"/p" and req.query == b"q" and req.host == "real.example"
+    assert req.headers == [(b"Host", b"Real.example:81")]
+
+
+def test_head_over_limit_is_431_counting_all_fields():
+    many = b"".join(b"X-%d: %s\r\n" % (i, b"v" * 100) for i in range(20))
+    assert refused(b"GET / HTTP/1.1\r\nHost: a\r\n" + many + b"\r\n", limit=1024).status == 431
+
+
+def test_one_endless_header_line_is_refused_without_buffering_it():
+    reader = RequestReader(1024)
+    reader.feed(b"GET / HTTP/1.1\r\nHost: a\r\nX-Big: ")
+    with pytest.raises(HTTPError) as info:
+        for _ in range(100):
+            reader.feed(b"v" * 512)
+    assert info.value.status == 431
+    assert reader.in_head
+
+
+def test_endless_trailer_is_refused():
+    reader = RequestReader(1024)
+    reader.feed(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nX-T: ")
+    with pytest.raises(HTTPError) as info:
+        for _ in range(100):
+            reader.feed(b"v" * 512)
+    assert info.value.status == 400
+
+
+def test_long_target_is_414():
+    assert refused(b"GET /" + b"a" * 2000 + b" HTTP/1.1\r\nHost: a\r\n\r\n", 1024).status == 414
+
+
+def test_websocket_upgrade_hands_over_the_rest():
+    reader = RequestReader(16384)
+    out = events(reader, b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\n"
+                         b"Upgrade: websocket\r\n\r\n\x81\x00")
+    assert out[0][1].upgrade and not out[0][1].keep_alive
+    assert out[-1] == (UPGRADE, b"\x81\x00")
+
+
+# -- responses ---------------------------------------------------------------------
+
+def response(*pieces: bytes, head: bool = False, eof: bool = False):
+    reader = ResponseReader(16384, head)
+    for piece in pieces:
+        reader.feed(piece)
+    if eof:
+        reader.feed_eof()
+    return reader, list(reader.events)
+
+
+def test_response_with_length():
+    reader, out = response(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX: y\r\n\r\nhi")
+    resp = out[0][1]
+    assert (resp.status, resp.reason, resp.content_length, resp.keep_alive) == (200, b"OK", 2,
+                                                                               True)
+    assert out[1:] == [(BODY, b"hi"), (END, [])]
+    assert reader.done and not reader.leftover
+
+
+def test_interim_responses_come_before_the_final_one():
+    _, out = response(b"HTTP/1.1 103 Early Hints\r\nLink: </s.css>\r\n\r\n"
+                      b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+    assert [k for k, _ in out] == [INFO, HEAD, END]
+    assert out[0][1].status == 103 and out[0][1].headers == [(b"Link", b"</s.css>")]
+
+
+def test_head_response_ends_at_the_head_and_extra_bytes_mark_leftover():
+    reader, out = response(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", head=True)
+    assert [k for k, _ in out] == [HEAD, END] and not reader.leftover
+    reader, _ = response(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello", head=True)
+    assert reader.leftover
+
+
+def test_close_delimited_body_ends_at_eof():
+    _, out = response(b"HTTP/1.1 200 OK\r\n\r\nabc", eof=True)
+    assert out[1:] == [(BODY, b"abc"), (END, [])]
+
+
+def test_truncated_body_is_an_error():
+    with pytest.raises(HTTPError) as info:
+        response(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nabc", eof=True)
+    assert info.value.status == 502
+
+
+def test_response_trailers():
+    _, out = response(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+                      b"2\r\nhi\r\n0\r\nGrpc-Status: 0\r\n\r\n")
+    assert out[1:] == [(BODY, b"hi"), (END, [(b"Grpc-Status", b"0")])]
+
+
+@pytest.mark.parametrize("data", [
+    b"garbage\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nhi",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n",
+    b"HTTP/1.1 099 Odd\r\nContent-Length: 0\r\n\r\n",
+])
+def test_bad_upstream_responses_are_502(data):
+    with pytest.raises(HTTPError) as info:
+        response(data)
+    assert info.value.status == 502
+
+
+def test_upstream_upgrade_returns_tunnel_bytes():
+    _, out = response(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                      b"Connection: Upgrade\r\n\r\n\x81\x01x")
+    assert out[0][1].upgrade
+    assert out[-1] == (UPGRADE, b"\x81\x01x")

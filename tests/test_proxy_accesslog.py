@@ -1,0 +1,79 @@
+"""The access log: one line per request, combined or JSON, with upstream and timings."""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+
+from conftest import free_port, read_reply, wait_for
+
+COMBINED = re.compile(
+    r'^127\.0\.0\.1 - - \[\d\d/\w{3}/\d{4}:\d\d:\d\d:\d\d [+-]\d{4}\] '
+    r'"(?P<request>[^"]*)" (?P<status>\d{3}) (?P<bytes>\d+) "(?P<referer>[^"]*)" '
+    r'"(?P<agent>[^"]*)" upstream=(?P<upstream>\S+) rt=(?P<rt>[\d.]+) urt=(?P<urt>[\d.]+|-)$')
+
+
+def start(rex, upstream, fmt: str) -> tuple[int, object, int]:
+    api, dead = upstream(), free_port()
+    port = free_port()
+    rex.write(f"""\
+        server:
+          instances:
+            - port: {port}
+              host: 127.0.0.1
+              routes:
+                - {{path: /api, destination: "{api.url}"}}
+                - {{path: /dead, destination: "http://127.0.0.1:{dead}"}}
+        logging: {{access: {rex.workdir}/access.log, format: {fmt},
+                   error: {rex.workdir}/error.log}}
+        workers: 1
+    """)
+    rex.start(ports=(port,))
+    return port, api, dead
+
+
+def send(port: int, data: bytes) -> int:
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(data)
+        return read_reply(s.makefile("rb")).status
+
+
+def log_lines(rex, count: int) -> list[str]:
+    path = rex.workdir / "access.log"
+    return wait_for(lambda: path.exists() and len(lines := path.read_text().splitlines()) >= count
+                    and lines, what=f"{count} access log lines")
+
+
+def test_combined_format(rex, upstream):
+    port, api, dead = start(rex, upstream, "combined")
+    assert send(port, b"GET /api/x?q=1 HTTP/1.1\r\nHost: a\r\nReferer: http://r/\r\n"
+                      b"User-Agent: probe/1.0\r\n\r\n") == 200
+    assert send(port, b"GET /dead HTTP/1.1\r\nHost: a\r\n\r\n") == 502
+    assert send(port, b"GET /api HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\n"
+                      b"Transfer-Encoding: chunked\r\n\r\n") == 400
+    ok, failed, bad = log_lines(rex, 3)
+    m = COMBINED.match(ok)
+    assert m, ok
+    assert m["request"] == "GET /api/x?q=1 HTTP/1.1" and m["status"] == "200"
+    assert int(m["bytes"]) > 0 and m["referer"] == "http://r/" and m["agent"] == "probe/1.0"
+    assert m["upstream"] == f"http://127.0.0.1:{api.port}" and m["urt"] != "-"
+    assert float(m["urt"]) <= float(m["rt"])
+    m = COMBINED.match(failed)
+    assert m and m["status"] == "502" and m["upstream"] == f"http://127.0.0.1:{dead}", failed
+    assert '"-" 400 0' in bad  # never parsed: logged with what is known
+    errors = (rex.workdir / "error.log").read_text()
+    assert f"upstream http://127.0.0.1:{dead}" in errors and "refused" in errors.lower()
+
+
+def test_json_format(rex, upstream):
+    port, api, _ = start(rex, upstream, "json")
+    assert send(port, b"POST /api/j HTTP/1.1\r\nHost: h.example\r\nContent-Length: 2\r\n\r\n"
+                      b"hi") == 200
+    (line,) = log_lines(rex, 1)
+    entry = json.loads(line)
+    assert entry["method"] == "POST" and entry["target"] == "/api/j"
+    assert entry["status"] == 200 and entry["bytes"] > 0 and entry["host"] == "h.example"
+    assert entry["upstream"] == f"http://127.0.0.1:{api.port}"
+    assert 0 <= entry["upstream_time"] <= entry["request_time"]
+    assert entry["remote"] == "127.0.0.1"

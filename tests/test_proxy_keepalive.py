@@ -1,0 +1,205 @@
+"""Keep-alive both sides: client timeouts, the upstream pool, stale connections, retries."""
+
+from __future__ import annotations
+
+import json
+import socket
+import struct
+import threading
+import time
+
+import pytest
+from conftest import free_port, read_reply, recv_head
+
+CLOSED = threading.Event()  # an answer-then-close upstream has closed its socket
+
+
+def recv_request(sock: socket.socket) -> bytes:
+    """A whole request (head and Content-Length body) as received."""
+    head = recv_head(sock)
+    length = 0
+    for line in head.split(b"\r\n"):
+        if line.lower().startswith(b"content-length:"):
+            length = int(line.split(b":")[1])
+    body = b""
+    while len(body) < length:
+        body += sock.recv(length - len(body))
+    return head + body
+
+
+def keep_alive(sock):
+    while True:
+        try:
+            recv_request(sock)
+        except ConnectionError:
+            return
+        sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+
+
+def answer_then_close(sock):
+    """Answers as if keeping the connection, then closes it: the pool's copy goes stale."""
+    recv_request(sock)
+    sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfresh")
+    sock.close()
+    CLOSED.set()
+
+
+def answer_then_reset(sock):
+    recv_request(sock)
+    sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfresh")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()  # RST, not FIN
+    CLOSED.set()
+
+
+def read_then_close(sock):
+    recv_request(sock)
+
+
+@pytest.fixture(scope="module")
+def site(rex_module, upstream_module):
+    raw = upstream_module.raw
+    ups = {"ka": raw(keep_alive), "fin": raw(answer_then_close), "rst": raw(answer_then_reset),
+           "bad": raw(read_then_close), "good": upstream_module()}
+    port = free_port()
+    rex_module.write(f"""\
+server:
+  instances:
+    - port: {port}
+      host: 127.0.0.1
+      routes:
+        - {{path: /ka, destination: "{ups['ka'].url}"}}
+        - {{path: /fin, destination: "{ups['fin'].url}"}}
+        - {{path: /rst, destination: "{ups['rst'].url}"}}
+        - path: /pair
+          destination:
+            - {{url: "{ups['bad'].url}", max_fails: 0}}
+            - {{url: "{ups['good'].url}", backup: true}}
+timeouts: {{header: 0.5, idle: 0.5}}
+logging: {{access: off}}
+workers: 1
+""")
+    rex_module.start(ports=(port,))
+    return port, ups
+
+
+def connect(port: int) -> socket.socket:
+    return socket.create_connection(("127.0.0.1", port), timeout=5)
+
+
+def get(port: int, path: str, method: str = "GET", body: bytes = b""):
+    with connect(port) as s:
+        s.sendall(b"%s %s HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n%s"
+                  % (method.encode(), path.encode(), len(body), body))
+        return read_reply(s.makefile("rb"))
+
+
+def test_keep_alive_then_idle_timeout(site):
+    port, _ = site
+    with connect(port) as s:
+        f = s.makefile("rb")
+        for _ in range(3):
+            s.sendall(b"GET /ka HTTP/1.1\r\nHost: a\r\n\r\n")
+            assert read_reply(f).body == b"ok"
+        idle_from = time.monotonic()
+        assert f.read() == b""  # Rex closes the idle connection...
+        assert 0.4 < time.monotonic() - idle_from < 2  # ...after timeouts.idle
+
+
+def test_http10_keep_alive_is_announced(site):
+    port, _ = site
+    with connect(port) as s:
+        f = s.makefile("rb")
+        for _ in range(2):
+            s.sendall(b"GET /ka HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+            reply = read_reply(f)
+            assert reply.body == b"ok" and reply.headers["connection"] == "keep-alive"
+
+
+def test_incomplete_head_is_408_after_the_header_timeout(site):
+    port, _ = site
+    with connect(port) as s:
+        started = time.monotonic()
+        s.sendall(b"GET /ka HTTP/1.1\r\nHost: a\r\n")
+        f = s.makefile("rb")
+        assert read_reply(f).status == 408
+        assert 0.4 < time.monotonic() - started < 2
+        assert f.read() == b""
+
+
+def test_trickled_head_still_times_out(site):
+    port, _ = site
+    stop = threading.Event()
+
+    def trickle(s):
+        for byte in b"GET /ka HTTP/1.1\r\nHost: a\r\nX-Slow: " + b"x" * 100:
+            if stop.wait(0.05):
+                return
+            try:
+                s.send(bytes([byte]))
+            except OSError:
+                return  # Rex hung up: what this test wants
+
+    with connect(port) as s:
+        started = time.monotonic()
+        sender = threading.Thread(target=trickle, args=(s,))
+        sender.start()
+        try:
+            assert read_reply(s.makefile("rb")).status == 408
+        finally:
+            stop.set()
+            sender.join()
+        # The deadline covers the whole head, not each read (slowloris).
+        assert time.monotonic() - started < 1.5
+
+
+def test_silent_connection_is_closed_after_the_header_timeout(site):
+    port, _ = site
+    with connect(port) as s:
+        started = time.monotonic()
+        assert s.recv(100) == b""  # no 408 for a connection that never spoke
+        assert 0.4 < time.monotonic() - started < 2
+
+
+def test_upstream_connection_is_reused_across_client_connections(site):
+    port, ups = site
+    before = ups["ka"].connections
+    for _ in range(5):
+        assert get(port, "/ka").body == b"ok"
+    assert ups["ka"].connections - before <= 1
+
+
+@pytest.mark.parametrize("kind", ["fin", "rst"])
+def test_stale_pooled_connection_is_retried_on_a_fresh_one(site, kind):
+    port, ups = site
+    up = ups[kind]
+    CLOSED.clear()
+    assert get(port, f"/{kind}").body == b"fresh"
+    assert CLOSED.wait(5)
+    before = up.connections
+    # The pooled connection is dead; the client must not notice.
+    reply = get(port, f"/{kind}")
+    assert reply.status == 200 and reply.body == b"fresh"
+    assert up.connections == before + 1
+
+
+def test_stale_connection_is_not_used_for_a_post(site):
+    port, _ = site
+    CLOSED.clear()
+    assert get(port, "/fin").body == b"fresh"
+    assert CLOSED.wait(5)
+    reply = get(port, "/fin", "POST", b"data")
+    assert reply.status == 200 and reply.body == b"fresh"
+
+
+def test_idempotent_requests_go_to_the_next_upstream_others_do_not(site):
+    port, ups = site
+    bad, good = ups["bad"], ups["good"]
+    reply = get(port, "/pair/x")
+    assert reply.status == 200 and json.loads(reply.body)["method"] == "GET"
+    before = bad.connections
+    reply = get(port, "/pair/y", "POST", b"charge-once")
+    # The first upstream read the POST and died: it may have acted on it.
+    assert reply.status == 502
+    assert bad.connections == before + 1
+    assert all(r["method"] != "POST" for r in good.requests)
