@@ -53,12 +53,17 @@ import time
 import traceback
 from dataclasses import replace
 
-from rex_workers import registry
+from rex_workers import registry, reports
+from rex_workers.admin import AdminServer
 from rex_workers.daemon import MasterLog, daemonize, notify_systemd, set_title, tell, wait_report
+from rex_workers.exposition import CONTENT_TYPE, Retired
 from rex_workers.listeners import BindError, Listeners, raise_nofile
+from rex_workers.metrics import Layout, MetricsTable, Shared, probe_targets
 from rex_workers.model import Config
 from rex_workers.scoreboard import BOOTING, DRAINING, FAILED, READY, Scoreboard
+from rex_workers.sharedhealth import HealthTable
 from rex_workers.supervise import Backoff, ConfigWatch, Generation, Proc, describe_exit, urls
+from rex_workers.tls import certificate_problem
 
 __version__ = "0.1.0"
 
@@ -128,6 +133,7 @@ class Arbiter:
 
     def __init__(self, config: Config, source: str, workers: int | None, log: MasterLog) -> None:
         self.pid = os.getpid()
+        self.version = __version__
         self.source = source  # "explicit" (-c) or "active": what a reload re-reads
         self.override = workers  # -w N wins over the config's `workers`, on reloads too
         self.log = log
@@ -139,6 +145,7 @@ class Arbiter:
         self.listeners = Listeners(config.reuse_port)
         self.generations: dict[int, Generation] = {}
         self.pending: Generation | None = None
+        self.admin: AdminServer | None = None
         self.gen = self._new_generation(config)  # binds: RexError when a port is taken
         self.backoff = Backoff()
         self.watch = ConfigWatch(self.config_path())
@@ -147,6 +154,7 @@ class Arbiter:
         self.reload_queued = ""
         self.reloads = {"ok": 0, "failed": 0, "last_error": ""}
         self.restarts = 0
+        self.retired = Retired()  # counters of workers that have exited (metrics.py)
         self.started = time.time()
         self.next_poll = self.status_due = 0.0
         self.status_states: list = []
@@ -156,12 +164,39 @@ class Arbiter:
 
         if config.reuse_port != self.listeners.reuse_port:
             raise RexError("reuse_port cannot change on reload: restart rex to switch it")
+        # Workers load certificates when they boot; a file that cannot load must fail
+        # `rex start` or the reload here, with its name, not as a worker boot failure.
+        problems = [p for p in map(certificate_problem, config.instances) if p]
+        if problems:
+            raise RexError("\n".join(problems))
         vhosts = listeners(config)
         gen = Generation(max(self.generations, default=0) + 1, config, vhosts,
                          self.override or config.workers, time.monotonic())
         self._bind(gen)
+        self._admin_for(config)
+        gen.metrics = MetricsTable(Layout(config), self.board.slots)
+        gen.health = HealthTable(probe_targets(config))
+        if self.generations:
+            gen.health.inherit(self.gen.health)  # a reload keeps what the probes found
         self.generations[gen.number] = gen
         return gen
+
+    def _admin_for(self, config: Config) -> None:
+        """Open, move or close the admin listener as the config says (before the switch)."""
+        address = (config.admin.host, config.admin.port) if config.admin else None
+        if self.admin is not None and self.admin.address == address:
+            return
+        new = None
+        if address is not None:
+            pages = {"/status": self._status_page, "/metrics": self._metrics_page,
+                     "/ready": self._ready_page, "/live": lambda: (200, "text/plain", b"ok\n")}
+            try:
+                new = AdminServer(address, pages, self.log.error)
+            except BindError as exc:
+                raise RexError(str(exc)) from None
+        if self.admin is not None:
+            self.admin.close()
+        self.admin = new
 
     def _bind(self, gen: Generation) -> None:
         where = {a: f"instance {vh.instances[0].index}" for a, vh in gen.vhosts.items()}
@@ -202,12 +237,19 @@ class Arbiter:
             self.write_status()
 
     def _sleep(self, timeout: float) -> None:
-        """Until the timeout or a signal (the wakeup fd makes the pipe readable)."""
-        with contextlib.suppress(InterruptedError):
-            if select.select([self.pipe_r], [], [], timeout)[0]:
-                with contextlib.suppress(BlockingIOError):
-                    while os.read(self.pipe_r, 4096):
-                        pass
+        """Until the timeout, a signal (the wakeup fd makes the pipe readable) or admin I/O."""
+        admin = self.admin
+        readers, writers = (admin.readers(), admin.writers()) if admin else ([], [])
+        try:
+            readable, writable, _ = select.select([self.pipe_r, *readers], writers, [], timeout)
+        except InterruptedError:
+            return
+        if self.pipe_r in readable:
+            with contextlib.suppress(BlockingIOError):
+                while os.read(self.pipe_r, 4096):
+                    pass
+        if admin is not None:
+            admin.handle(set(readable), set(writable))
 
     # -- signals (dispatched by name) -----------------------------------------------------
     def handle_chld(self) -> None:
@@ -264,6 +306,8 @@ class Arbiter:
 
     def _reaped(self, proc: Proc, status: int) -> None:
         info = self.board.read(proc.slot)
+        gen = self.generations[proc.generation]
+        self.retired.fold(gen.metrics.layout, gen.metrics.read(proc.slot))  # before slot reuse
         self.free_slots.append(proc.slot)
         self.status_due = 0.0
         if proc.draining_since or self.stopping or info.state == DRAINING:
@@ -271,7 +315,6 @@ class Arbiter:
             self.log.info(f"{proc} exited ({describe_exit(status)})")
             return
         self.restarts += 1
-        gen = self.generations[proc.generation]
         failed = info.state == FAILED
         reason = info.reason if failed else f"{proc} died ({describe_exit(status)})"
         if failed and gen is self.pending:
@@ -328,7 +371,9 @@ class Arbiter:
         live = {p.generation for p in self.procs.values()} | {self.gen.number}
         live |= {self.pending.number} if self.pending else set()
         for number in [n for n in self.generations if n not in live]:
-            del self.generations[number]
+            gen = self.generations.pop(number)
+            gen.metrics.close()
+            gen.health.close()
             self.backoff.forget(number)
 
     def _spawn_missing(self, gen: Generation) -> None:
@@ -382,6 +427,7 @@ class Arbiter:
             return
         slot = self.free_slots.pop(0)
         self.board.reset(slot, gen.number)
+        gen.metrics.reset(slot)
         sockets = self.listeners.for_worker(gen.vhosts, wid)
         # Signals stay blocked across fork, so none runs the master's handler in the child.
         mask = signal.pthread_sigmask(signal.SIG_BLOCK, self.signums)
@@ -394,7 +440,7 @@ class Arbiter:
             self.log.error(f"cannot fork worker {wid}: {exc.strerror}; trying again in 1s")
             return
         if pid == 0:
-            self._child(gen, wid, slot, sockets, mask)
+            self._child(gen, wid, slot, sockets, mask)  # never returns
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         self.procs[pid] = Proc(pid, slot, wid, gen.number, time.monotonic())
         self.status_due = 0.0
@@ -408,12 +454,15 @@ class Arbiter:
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         # Not the worker's: the wakeup pipe, the pipe `rex start` waits on (it must see
         # EOF when the master closes its end) and the sockets of other addresses or slots.
+        # The admin sockets too: a client connection a worker kept open would never see EOF.
         drop = [self.pipe_r, self.pipe_w, self.notify]
+        drop += self.admin.sockets() if self.admin else []
         drop += [s for s in self.listeners.sockets.values() if s not in sockets.values()]
         from rex_workers.worker import main
 
         main(gen.config, gen.vhosts, sockets, self.board.writer(slot), worker_id=wid,
-             generation=gen.number, master_pid=self.pid, log_path=self.log.path, drop=drop)
+             generation=gen.number, master_pid=self.pid, log_path=self.log.path, drop=drop,
+             shared=Shared(slot, gen.metrics, gen.health))
 
     def _kill(self, proc: Proc, sig: int) -> None:
         proc.killed = proc.killed or sig == signal.SIGKILL
@@ -431,8 +480,12 @@ class Arbiter:
                           "serving", *(f"  {url}" for url in urls(self.gen.config))])
         self.log.info(text)
         self.report_start(True, text)
-        notify_systemd(b"READY=1\nMAINPID=%d" % self.pid)
+        notify_systemd(b"READY=1\nMAINPID=%d\nSTATUS=%s" % (self.pid, self._summary()))
         self._run_queued_reload()
+
+    def _summary(self) -> bytes:
+        """systemd's STATUS= line: what `systemctl status` shows under the unit."""
+        return f"serving generation {self.gen.number} with {self.gen.want} worker(s)".encode()
 
     def report_start(self, ok: bool, text: str) -> None:
         """Tell a waiting `rex start` (daemon mode) whether we are serving; once."""
@@ -471,7 +524,8 @@ class Arbiter:
                            f"{self.gen.number}:\n{error}")
             return
         self.log.info(f"reload ({why}): starting generation {self.pending.number} from {path}")
-        notify_systemd(b"RELOADING=1")
+        notify_systemd(b"RELOADING=1\nSTATUS=reloading: starting generation %d"
+                       % self.pending.number)
 
     def _switch_generation(self) -> None:
         old, self.gen, self.pending = self.gen, self.pending, None
@@ -482,7 +536,7 @@ class Arbiter:
         self.log.info(f"generation {self.gen.number} is serving ({self.gen.want} workers); "
                       f"generation {old.number} is draining")
         self._write_info()
-        notify_systemd(b"READY=1")
+        notify_systemd(b"READY=1\nSTATUS=%s" % self._summary())
         self._run_queued_reload()
 
     def _abandon_pending(self, reason: str) -> None:
@@ -494,7 +548,7 @@ class Arbiter:
             if proc.generation == gen.number and not proc.draining_since:
                 self._drain(proc)  # some may already serve: let them finish
         self.log.error(f"reload failed; still serving generation {self.gen.number}: {reason}")
-        notify_systemd(b"READY=1")
+        notify_systemd(b"READY=1\nSTATUS=%s (last reload failed)" % self._summary())
         self._run_queued_reload()
 
     def _run_queued_reload(self) -> None:
@@ -528,7 +582,7 @@ class Arbiter:
         self.listeners.keep_only(set())
         self.status_due = 0.0
         self.report_start(False, "stopped before every worker was ready")
-        notify_systemd(b"STOPPING=1")
+        notify_systemd(b"STOPPING=1\nSTATUS=draining")
 
     # -- pid file and status -------------------------------------------------------------------
     def _write_info(self) -> None:
@@ -539,37 +593,41 @@ class Arbiter:
         self.status_due = 0.0
 
     def status(self) -> dict:
-        workers = []
-        for proc in sorted(self.procs.values(), key=lambda p: (p.generation, p.wid)):
-            info = self.board.read(proc.slot)
-            workers.append({
-                "worker": proc.wid, "pid": proc.pid, "generation": proc.generation,
-                "state": "draining" if proc.draining_since else info.state_name,
-                "started": info.started, "requests": info.requests,
-                "connections": info.connections})
-        state = ("stopping" if self.stopping else "reloading" if self.pending
-                 else "serving" if self.gen.ready else "booting")
-        return {
-            "pid": self.pid, "state": state, "config": self.gen.config.path,
-            "source": self.source, "config_digest": self.gen.config.digest,
-            "started": self.started, "uptime": time.time() - self.started,
-            "generation": self.gen.number, "workers_wanted": self.gen.want, "workers": workers,
-            "restarts": self.restarts, "reloads": self.reloads, "urls": urls(self.gen.config),
-            "reuse_port": self.listeners.reuse_port,
-        }
+        return reports.status(self)
+
+    @property
+    def admin_url(self) -> str | None:
+        if self.admin is None:
+            return None
+        host, port = self.admin.address
+        return f"http://{f'[{host}]' if ':' in host else host}:{port}/"
 
     def write_status(self) -> None:
         """On any change of a worker's state, else every STATUS_EVERY (for the counters)."""
         now = time.monotonic()
-        status = self.status()
-        states = [(w["pid"], w["state"]) for w in status["workers"]]
+        states = [(p.pid, "draining" if p.draining_since else self.board.read(p.slot).state)
+                  for p in sorted(self.procs.values(), key=lambda p: (p.generation, p.wid))]
         if now >= self.status_due or states != self.status_states:
             self.status_due, self.status_states = now + STATUS_EVERY, states
             with contextlib.suppress(OSError):
-                registry.write_status(run_dir(), self.pid, status)
+                registry.write_status(run_dir(), self.pid, self.status())
+
+    # -- admin pages (admin.py serves them from this loop) --------------------------------------
+    def _status_page(self) -> tuple[int, str, bytes]:
+        return 200, "application/json", json.dumps(self.status(), indent=2).encode() + b"\n"
+
+    def _metrics_page(self) -> tuple[int, str, bytes]:
+        return 200, CONTENT_TYPE, reports.metrics(self).encode()
+
+    def _ready_page(self) -> tuple[int, str, bytes]:
+        if reports.ready(self):
+            return 200, "text/plain", b"ready\n"
+        return 503, "text/plain", f"not ready: {reports.state(self)}\n".encode()
 
     def cleanup(self) -> None:
         self.listeners.keep_only(set())
+        if self.admin is not None:
+            self.admin.close()
         with contextlib.suppress(OSError):
             registry.remove(run_dir(), self.pid)
 

@@ -338,6 +338,25 @@ def _instance(raw: dict, index: int, lines: dict, timeouts: Timeouts) -> Instanc
                     static=StaticOptions(**static), **options)
 
 
+def _redirect_bare_http(instances: tuple[Instance, ...], raw: list[dict],
+                        global_pool: bool) -> tuple[Instance, ...]:
+    """The original's port 80 next to an HTTPS port 443: it only redirects there.
+
+    A port-80 instance with nothing of its own to serve (no routes, no
+    ``public``, no global ``upstream``) would show the welcome page; when an
+    instance serves TLS on 443 it redirects to https instead (308), unless
+    ``redirect_https`` is set either way. An instance that serves something
+    keeps serving it over plain HTTP: redirecting it needs ``redirect_https: true``.
+    """
+    if global_pool or not any(i.tls and i.port == 443 for i in instances):
+        return instances
+    return tuple(
+        replace(i, redirect_https=True)
+        if i.port == 80 and not i.tls and not i.routes and not i.public
+        and "redirect_https" not in raw[i.index] else i
+        for i in instances)
+
+
 def _logging(raw: dict) -> Logging:
     options = dict(raw)
     if options.get("access", "stdout") in ("off", False, None):
@@ -355,11 +374,13 @@ def _build(doc: dict, lines: dict, path: str, digest: str) -> Config:
         options["workers"] = _usable_cpus() if doc["workers"] == "auto" else doc["workers"]
     if "admin" in doc:
         options["admin"] = Admin(**doc["admin"])
+    raw_instances = doc["server"]["instances"]
+    instances = tuple(_instance(raw, i, lines, timeouts) for i, raw in enumerate(raw_instances))
+    upstream = tuple(_upstream(e) for e in doc.get("upstream") or ())
     return Config(
         path=path, digest=digest, timeouts=timeouts,
-        instances=tuple(_instance(raw, i, lines, timeouts)
-                        for i, raw in enumerate(doc["server"]["instances"])),
-        upstream=tuple(_upstream(e) for e in doc.get("upstream") or ()),
+        instances=_redirect_bare_http(instances, raw_instances, bool(upstream)),
+        upstream=upstream,
         limits=Limits(**doc.get("limits", {})),
         logging=_logging(doc.get("logging", {})),
         trusted_proxies=tuple(str(ipaddress.ip_network(c, strict=False))

@@ -86,7 +86,15 @@ def wait_report(fd: int) -> tuple[bool, str]:
 
 
 def notify_systemd(message: bytes) -> None:
-    """sd_notify(3) over $NOTIFY_SOCKET: a datagram; '@' means the abstract namespace."""
+    """sd_notify(3) over $NOTIFY_SOCKET: a datagram; '@' means the abstract namespace.
+
+    ``RELOADING=1`` carries ``MONOTONIC_USEC`` (the clock systemd compares with
+    the moment it asked for the reload): ``Type=notify-reload`` needs it to tell
+    this reload's ``READY=1`` from an earlier one's; older systemd ignores it.
+    """
+    if message.startswith(b"RELOADING=1"):
+        usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+        message = b"%s\nMONOTONIC_USEC=%d" % (message, usec)
     addr = os.environ.get("NOTIFY_SOCKET")
     if not addr:
         return

@@ -108,7 +108,21 @@ def format_status(statuses: list[dict]) -> str:
         lines += [f"  worker {w['worker']}  pid {w['pid']}  gen {w['generation']}  "
                   f"{w['state']:<8}  requests {w['requests']}  connections {w['connections']}"
                   for w in st["workers"]]
+        lines += [_upstream_line(up) for up in st.get("upstreams", ())]
+        if st.get("admin"):
+            lines.append(f"  admin {st['admin']}")
     return "\n".join(lines)
+
+
+def _upstream_line(up: dict) -> str:
+    """One upstream of the current config: the workers' passive view, then the probes'."""
+    where = f"route {up['route']} (site {up['site']})" if up["site"] != "-" else "upstream pool"
+    line = (f"  upstream {up['key']}  {where}  up in {up['up_in']}/{up['workers']} workers"
+            f"  failures {up['failures']}")
+    check = up.get("health_check")
+    if check:
+        line += f"  health {check['path']}: {check['state']}"
+    return line
 
 
 def _duration(seconds: float) -> str:

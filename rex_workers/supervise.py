@@ -15,7 +15,9 @@ import signal
 import time
 from dataclasses import dataclass
 
+from .metrics import MetricsTable
 from .model import Config
+from .sharedhealth import HealthTable
 
 EARLY_DEATH = 5.0  # a worker dying younger than this counts towards its backoff
 BACKOFF_BASE, MAX_BACKOFF = 0.1, 30.0
@@ -48,6 +50,8 @@ class Generation:
     want: int  # workers; TTIN/TTOU change it
     started: float  # monotonic
     ready: bool = False
+    metrics: MetricsTable | None = None  # shared memory the master maps before forking
+    health: HealthTable | None = None
 
 
 def urls(config: Config) -> list[str]:
@@ -108,15 +112,21 @@ def describe_exit(status: int) -> str:
         return f"killed by signal {-code}"
 
 
-Stat = tuple[int, int, int, int]
+Stat = tuple[int, int, int, int, int]
 
 
 def stat(path: str) -> Stat | None:
+    """What identifies the file ``path`` leads to now; ``os.stat`` follows symlinks.
+
+    So a Kubernetes ConfigMap update, which swaps the ``..data`` symlink to a
+    new directory rather than writing the file, shows as a new inode (and
+    device, should the new target live on another file system).
+    """
     try:
         st = os.stat(path)
     except OSError:
         return None
-    return (st.st_mtime_ns, st.st_size, st.st_ino, st.st_ctime_ns)
+    return (st.st_mtime_ns, st.st_size, st.st_ino, st.st_dev, st.st_ctime_ns)
 
 
 class ConfigWatch:

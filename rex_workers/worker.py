@@ -4,8 +4,9 @@ Called by the master in the child right after ``fork``; it never returns into
 the master's code. Order matters (SPEC §8, §9): gevent's hub is reinitialised
 first, then ``monkey.patch_all()`` if the config asks for it (WSGI routes),
 and only then is application code imported. May: accept on the inherited
-sockets, serve connections, write its own scoreboard slot. May not: bind,
-touch another slot, or outlive the master.
+sockets, serve connections, write its own scoreboard and metrics slots,
+probe upstreams (worker 1 only) into the generation's health table. May not:
+bind, touch another slot, or outlive the master.
 
 Signals: TERM drains (stop accepting, let in-flight requests and WebSockets
 finish up to ``graceful_timeout``, close idle keep-alives), INT and QUIT stop
@@ -29,6 +30,7 @@ import gevent.event
 import gevent.socket
 
 from .daemon import set_title
+from .metrics import Shared
 from .model import Config
 from .routing import VirtualHosts
 from .scoreboard import BOOT_FAILED, DRAINING, READY, SlotWriter
@@ -49,7 +51,7 @@ DRAIN_TICK = 0.02  # seconds between looks for connections idle past IDLE_GRACE
 def main(config: Config, vhosts: dict[tuple[str, int], VirtualHosts],
          sockets: dict[tuple[str, int], _stdsocket.socket], slot: SlotWriter, *,
          worker_id: int, generation: int, master_pid: int, log_path: str = "",
-         drop: Iterable = ()) -> NoReturn:
+         drop: Iterable = (), shared: Shared | None = None) -> NoReturn:
     """The forked child's entry point: close what is not ours, run, exit; never returns.
 
     ``drop`` holds the master's descriptors (ints) and sockets the worker must not keep.
@@ -62,7 +64,7 @@ def main(config: Config, vhosts: dict[tuple[str, int], VirtualHosts],
             elif item is not None:
                 item.close()
         code = run(config, vhosts, sockets, slot, worker_id=worker_id, generation=generation,
-                   master_pid=master_pid, log_path=log_path)
+                   master_pid=master_pid, log_path=log_path, shared=shared)
     except BaseException:  # whatever happens, the child must not return into the master
         traceback.print_exc()
     finally:
@@ -75,7 +77,8 @@ def main(config: Config, vhosts: dict[tuple[str, int], VirtualHosts],
 
 def run(config: Config, vhosts: dict[tuple[str, int], VirtualHosts],
         sockets: dict[tuple[str, int], _stdsocket.socket], slot: SlotWriter, *,
-        worker_id: int, generation: int, master_pid: int, log_path: str = "") -> int:
+        worker_id: int, generation: int, master_pid: int, log_path: str = "",
+        shared: Shared | None = None) -> int:
     """The whole life of a worker; returns its exit status.
 
     ``log_path`` is the file the master's stdout/stderr go to when it is a
@@ -93,7 +96,8 @@ def run(config: Config, vhosts: dict[tuple[str, int], VirtualHosts],
             from gevent import monkey
 
             monkey.patch_all()
-        worker = Worker(config, vhosts, sockets, slot, worker_id, title, master_pid, log_path)
+        worker = Worker(config, vhosts, sockets, slot, worker_id, title, master_pid, log_path,
+                        shared)
     except Exception as exc:  # any boot failure is reported to the master, not raised
         slot.fail(f"worker {worker_id} could not start: {type(exc).__name__}: {exc}")
         traceback.print_exc(file=sys.stderr)
@@ -106,11 +110,16 @@ class Worker:
 
     def __init__(self, config: Config, vhosts: dict[tuple[str, int], VirtualHosts],
                  sockets: dict[tuple[str, int], _stdsocket.socket], slot: SlotWriter,
-                 worker_id: int, title: str, master_pid: int, log_path: str) -> None:
+                 worker_id: int, title: str, master_pid: int, log_path: str,
+                 shared: Shared | None = None) -> None:
         from gevent.pool import Pool
         from gevent.server import StreamServer
+        from gevent.ssl import SSLContext
 
+        from .accept import Entry
+        from .prober import HealthSharing
         from .runtime import Runtime
+        from .tls import listener_context
 
         self.config = config
         self.slot = slot
@@ -119,40 +128,32 @@ class Worker:
         self.log_path = log_path
         self.draining = False
         self.stopping = gevent.event.Event()
-        self.rt = Runtime(config, vhosts, f"[worker {worker_id}] ")
+        self.shared = shared
+        self.rt = Runtime(config, vhosts, f"[worker {worker_id}] ",
+                          shared.metrics.layout if shared else None)
+        # Worker 1 of the generation is the one prober (SPEC §6: probes are not
+        # multiplied by the number of workers); every worker applies the verdicts.
+        self.health = (HealthSharing(shared.health, [(r, g) for _s, r, g in self.rt.groups()],
+                                     worker_id == 1, self.rt.log.info) if shared else None)
         if config.has_wsgi:
             self.rt.load_wsgi()
         self.pool = Pool(config.limits.connections)
         self.servers = []
         for address, sock in sockets.items():
             listener = self.rt.listeners[address]
+            # gevent's SSLContext, not the stdlib's: its sockets wait in the hub.
+            # Certificates are read here, so a reload reads renewed files.
+            context = listener_context(vhosts[address].instances, vhosts[address].select,
+                                       SSLContext)
             gsock = gevent.socket.socket(sock.family, sock.type, sock.proto,
                                          fileno=os.dup(sock.fileno()))
             sock.close()  # the worker keeps only its gevent copy of the master's socket
-            self.servers.append(StreamServer(gsock, self._handler(listener), spawn=self.pool))
+            self.servers.append(StreamServer(gsock, Entry(listener, self.rt, context),
+                                             spawn=self.pool))
         jitter = config.max_requests_jitter
         # Jitter keeps workers started together from all recycling at once.
         self.max_requests = (config.max_requests + random.randint(0, jitter)
                              if config.max_requests else 0)
-
-    def _handler(self, listener):
-        from .handler import ClientConn
-
-        rt = self.rt
-
-        def handle(sock, addr) -> None:
-            try:
-                sock.setsockopt(_stdsocket.IPPROTO_TCP, _stdsocket.TCP_NODELAY, 1)
-            except OSError:
-                pass  # not TCP (tests may use other families): latency tweak only
-            conn = ClientConn(sock, addr, listener, rt)
-            rt.connections.add(conn)
-            try:
-                conn.serve()
-            finally:
-                rt.connections.discard(conn)
-
-        return handle
 
     # -- life ---------------------------------------------------------------------
     def serve_forever(self) -> int:
@@ -162,11 +163,20 @@ class Worker:
         gevent.signal_handler(signal.SIGUSR1, self.reopen_logs)
         for server in self.servers:
             server.start()
+        if self.health is not None:
+            self.health.start()
         self.slot.beat(0, 0, READY)
         beat = gevent.spawn(self._heartbeat)
         self.stopping.wait()
         beat.kill()
+        self.publish()  # the master folds these last counts into its totals when it reaps us
         return 0
+
+    def publish(self) -> None:
+        """Copy this worker's metrics into its shared slot (every heartbeat, and at exit)."""
+        if self.shared is not None:
+            self.rt.upstream_gauges()
+            self.shared.metrics.publish(self.shared.slot, self.rt.metrics.values)
 
     def _heartbeat(self) -> None:
         """Prove the hub runs; a blocked hub stops this loop and the master notices."""
@@ -174,6 +184,7 @@ class Worker:
         rt = self.rt
         while True:
             self.slot.beat(rt.requests, rt.open_connections)
+            self.publish()
             if os.getppid() != self.master_pid:
                 # Orphaned (the master was killed): nobody would replace or stop us.
                 self.drain("the master is gone")
@@ -199,6 +210,8 @@ class Worker:
         self.draining = True
         rt = self.rt
         self.slot.beat(rt.requests, rt.open_connections, DRAINING)
+        if self.health is not None:
+            self.health.stop()  # the new generation's worker 1 probes from now on
         set_title(f"{self.title} draining")
         rt.log.info(f"draining ({why})")
         for server in self.servers:
@@ -247,6 +260,9 @@ class Worker:
 def _quiet(conn) -> bool:
     """No request under way: no partial head parsed, no unread bytes from the client."""
     if conn.reader.in_head:
+        return False
+    pending = getattr(conn.sock, "pending", None)  # TLS: bytes decrypted but not yet read
+    if pending is not None and pending():
         return False
     raw = getattr(conn.sock, "_sock", conn.sock)
     try:

@@ -1,0 +1,180 @@
+"""Metrics: the pure counting and text format, then known traffic through a real 2-worker master."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import textwrap
+
+from conftest import free_port, read_reply, wait_for
+
+from rex_workers.config import load_config
+from rex_workers.exposition import Exposition, Retired, sum_counters
+from rex_workers.metrics import REQUEST_WIDTH, Layout, MetricsTable, Recorder
+
+CONFIG = """\
+server:
+  instances:
+    - port: 8000
+      routes:
+        - {path: /api, destination: "http://127.0.0.1:3000", methods: [GET]}
+        - {path: /api, destination: "http://127.0.0.1:3001", methods: [POST]}
+        - {path: /app, destination: "wsgi:app:application"}
+    - port: 8001
+      routes: [{path: /, destination: [localhost:4000, localhost:4001]}]
+upstream: [localhost:5000]
+"""
+
+
+def layout(tmp_path) -> Layout:
+    path = tmp_path / "rex.config.yaml"
+    path.write_text(CONFIG)
+    return Layout(load_config(str(path)))
+
+
+def samples(text: str) -> dict[str, float]:
+    """``name{labels}`` -> value, from Prometheus text; checks HELP/TYPE come first."""
+    found, typed = {}, set()
+    for line in text.splitlines():
+        if line.startswith("# TYPE "):
+            typed.add(line.split()[2])
+        elif line and not line.startswith("#"):
+            name, value = line.rsplit(" ", 1)
+            family = re.sub(r"(_bucket|_sum|_count)$", "", name.split("{")[0])
+            assert family in typed or name.split("{")[0] in typed, line
+            found[name] = float(value)
+    return found
+
+
+def total(found: dict[str, float], prefix: str, **labels: str) -> float:
+    want = [f'{k}="{v}"' for k, v in labels.items()]
+    return sum(v for k, v in found.items()
+               if k.split("{")[0] == prefix and all(w in k for w in want))
+
+
+def admin_get(port: int, path: str):
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        return read_reply(s.makefile("rb"))
+
+
+def test_layout_rows_follow_labels_not_file_positions(tmp_path):
+    lay = layout(tmp_path)
+    # Two /api routes (by method) share one row; the global pool gets a row per site.
+    assert lay.requests == [("-", "-"), ("0", "-"), ("0", "/api"), ("0", "/app"),
+                            ("0", "upstream"), ("1", "-"), ("1", "/"), ("1", "upstream")]
+    assert [(u.site, u.route, u.upstream.key) for u in lay.upstreams] == [
+        ("0", "/api", "http://127.0.0.1:3000"), ("0", "/api", "http://127.0.0.1:3001"),
+        ("1", "/", "http://localhost:4000"), ("1", "/", "http://localhost:4001"),
+        ("-", "upstream", "http://localhost:5000")]
+    assert lay.listeners == [("0.0.0.0", 8000), ("0.0.0.0", 8001)]
+    assert lay.request_row("9", "/nowhere") == 0  # unknown: the "-" row, never an error
+    assert lay.size == lay.gauge_base + 5 * len(lay.upstreams)
+
+
+def test_counts_render_as_prometheus_text(tmp_path):
+    lay = layout(tmp_path)
+    rec = Recorder(lay)
+    rec.request("0", "/api", 200, 100, 0.003)
+    rec.request("0", "/api", 200, 50, 0.2)
+    rec.request("0", "/api", 418, 0, 7.0)  # no column of its own: counted as 4xx
+    rec.request("1", "-", 0, 0, 100.0)  # no status at all (client gone): "other", +Inf
+    rec.upstream_failed(lay.upstream_row("-", "upstream", "http://localhost:5000"))
+    out = Exposition()
+    out.add_counters(sum_counters(Retired(), [(lay, rec.values)]))
+    out.add("rex_site_info", 1, (("site", "0"), ("server_names", 'we"ird\\')))
+    found = samples(out.text())
+    api = 'site="0",route="/api"'
+    assert found[f'rex_requests_total{{{api},code="200"}}'] == 2
+    assert found[f'rex_requests_total{{{api},code="4xx"}}'] == 1
+    assert found['rex_requests_total{site="1",route="-",code="other"}'] == 1
+    assert found[f'rex_request_duration_seconds_bucket{{{api},le="0.005"}}'] == 1
+    assert found[f'rex_request_duration_seconds_bucket{{{api},le="0.25"}}'] == 2  # cumulative
+    assert found[f'rex_request_duration_seconds_bucket{{{api},le="10"}}'] == 3
+    assert found[f'rex_request_duration_seconds_bucket{{{api},le="+Inf"}}'] == 3
+    assert found[f'rex_request_duration_seconds_count{{{api}}}'] == 3
+    assert abs(found[f'rex_request_duration_seconds_sum{{{api}}}'] - 7.203) < 1e-9
+    assert found[f'rex_response_body_bytes_total{{{api}}}'] == 150
+    assert found['rex_upstream_failures_total{site="-",route="upstream",'
+                 'upstream="http://localhost:5000"}'] == 1
+    assert 'server_names="we\\"ird\\\\"' in out.text()  # label values escaped
+    assert not any("code=\"500\"" in k for k in found)  # zero counters are not listed
+
+
+def test_shared_table_round_trip_and_folding_keep_counters(tmp_path):
+    lay = layout(tmp_path)
+    table = MetricsTable(lay, slots=4)
+    rec = Recorder(lay)
+    rec.request("0", "/app", 200, 10, 0.01)
+    table.publish(2, rec.values)
+    assert table.read(2) == rec.values
+    assert not any(table.read(1))  # other slots untouched
+    retired = Retired()
+    retired.fold(lay, table.read(2))
+    table.reset(2)  # the slot's next worker starts from zero...
+    rec2 = Recorder(lay)
+    rec2.request("0", "/app", 200, 10, 0.01)
+    table.publish(2, rec2.values)
+    totals = sum_counters(retired, [(lay, table.read(2))])  # ...and the total still grows
+    assert totals[("rex_requests_total", (("site", "0"), ("route", "/app"), ("code", "200")))] == 2
+    assert len(rec.values) == lay.size and REQUEST_WIDTH > 40
+    table.close()
+
+
+def test_known_traffic_over_two_workers_adds_up_exactly(rex, upstream):
+    up = upstream()
+    port, admin = free_port(), free_port()
+    dead = free_port()  # nothing listens there
+    rex.write(textwrap.dedent(f"""\
+        server:
+          instances:
+            - port: {port}
+              host: 127.0.0.1
+              routes:
+                - {{path: /api, destination: "{up.url}"}}
+                - {{path: /dead, destination: "http://127.0.0.1:{dead}"}}
+        workers: 2
+        reuse_port: true
+        logging: {{access: off}}
+        admin: {{port: {admin}}}
+    """))
+    rex.start(ports=(port,))
+    ok, missing, failing = 30, 8, 3
+    for path, count in (("/api/x", ok), ("/nope", missing), ("/dead", failing)):
+        for _ in range(count):  # a new connection each: the kernel spreads them over both
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+                s.sendall(f"GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n".encode())
+                read_reply(s.makefile("rb"))
+    n = ok + missing + failing
+
+    def scrape() -> dict[str, float]:
+        reply = admin_get(admin, "/metrics")
+        assert reply.headers["content-type"].startswith("text/plain; version=0.0.4")
+        return samples(reply.body.decode())
+
+    found = wait_for(lambda: (m := scrape()) and total(m, "rex_requests_total") == n and m,
+                     what=f"{n} requests counted")
+    workers = json.loads(admin_get(admin, "/status").body)["workers"]
+    by_worker = [w["requests"] for w in workers]
+    assert sum(by_worker) == n and min(by_worker) > 0, by_worker  # both workers counted some
+    assert total(found, "rex_requests_total", route="/api", code="200") == ok
+    assert total(found, "rex_requests_total", route="-", code="404") == missing
+    assert total(found, "rex_requests_total", route="/dead", code="502") == failing
+    assert total(found, "rex_request_duration_seconds_count") == n
+    assert total(found, "rex_upstream_failures_total", route="/dead") == failing
+    assert total(found, "rex_connections_total") == n + 1  # + start()'s look at the port
+    assert total(found, "rex_received_bytes_total") >= n * 40  # each request head, at least
+    assert total(found, "rex_sent_bytes_total") > total(found, "rex_response_body_bytes_total")
+    assert found["rex_workers{state=\"ready\"}"] == 2
+    assert found["rex_ready"] == 1 and found["rex_worker_restarts_total"] == 0
+
+    # A worker's counts outlive it: the master folds them in when it reaps it.
+    victim = workers[0]["pid"]
+    os.kill(victim, signal.SIGKILL)
+    wait_for(lambda: scrape().get("rex_worker_restarts_total") == 1, what="the restart counted")
+    after = scrape()
+    assert total(after, "rex_requests_total") == n
+    assert total(after, "rex_upstream_failures_total") == failing
