@@ -19,6 +19,7 @@ BODY = 2  # payload: bytes of body, already de-chunked
 END = 3  # payload: list of trailer fields
 INFO = 4  # upstream 1xx interim response (payload: Response)
 UPGRADE = 5  # payload: bytes that followed the head (tunnel data)
+FAIL = 6  # payload: HTTPError for bytes that came after the requests queued before it
 
 class Fields:
     """Field lines of one head (or trailer section): framing facts and a size budget."""

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from . import pages
 from .headers import is_websocket
-from .http1 import BODY, END, HEAD, UPGRADE, RequestReader
+from .http1 import BODY, END, FAIL, HEAD, UPGRADE, RequestReader
 from .proxy import Abort
 from .request import HTTPError, Request
 from .upstream import send_all
@@ -32,6 +32,16 @@ READ_SIZE = 65536
 # destroy our error response before the client reads it (nginx: lingering_close).
 LINGER_TIME = 2.0
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+def _fails_before_end(events) -> bool:
+    """Whether the queued events hit FAIL before the END of the current request."""
+    for kind, _ in events:
+        if kind == END:
+            return False
+        if kind == FAIL:
+            return True
+    return False
 
 
 class ClientConn:
@@ -137,7 +147,15 @@ class ClientConn:
             while events:
                 kind, payload = events.popleft()
                 if kind == HEAD:
+                    if reader.failed and _fails_before_end(events):
+                        # Its own head or body is broken and was all in one read:
+                        # refuse it before any of it reaches an upstream.
+                        self._error_without_request(events[-1][1])
+                        return None
                     return payload
+                if kind == FAIL:
+                    self._error_without_request(payload)
+                    return None
                 if kind == UPGRADE:
                     # Data after a non-tunnelled upgrade request: not ours to parse.
                     self.keep_alive = False
@@ -158,7 +176,7 @@ class ClientConn:
                 deadline = time.monotonic() + timeouts.header
 
     def _recv_into_reader(self, timeout: float) -> bool:
-        """One read fed to the parser; False on timeout, EOF or a protocol error."""
+        """One read fed to the parser (errors come as FAIL events); False on timeout or EOF."""
         self.sock.settimeout(timeout)
         try:
             data = self.sock.recv(READ_SIZE)
@@ -166,11 +184,7 @@ class ClientConn:
             return False
         if not data:
             return False
-        try:
-            self.reader.feed(data)
-        except HTTPError as exc:
-            self._error_without_request(exc)
-            return False
+        self.reader.feed(data)
         return True
 
     def _error_without_request(self, exc: HTTPError) -> None:
@@ -249,6 +263,8 @@ class ClientConn:
                 if kind == BODY:
                     self._count(len(payload))
                     yield payload
+                elif kind == FAIL:  # the body's framing is broken
+                    raise payload
                 else:  # END: the only other event before the next request's head
                     self.trailers = payload
                     self._body_done = True

@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import httptools
 
-from .framing import BODY, END, HEAD, INFO, UPGRADE, Fields, Reader
+from .framing import BODY, END, FAIL, HEAD, INFO, UPGRADE, Fields, Reader
 from .request import HTTPError, Request
 
-__all__ = ["BODY", "END", "HEAD", "INFO", "UPGRADE", "RequestReader", "Response",
+__all__ = ["BODY", "END", "FAIL", "HEAD", "INFO", "UPGRADE", "RequestReader", "Response",
            "ResponseReader"]
 
 # RFC 9110 §7.2 / RFC 3986 §3.2.2: reg-name, IP literal and port characters.
@@ -41,7 +41,10 @@ class RequestReader(Reader):
         self._client_addr = client_addr
         self._server_port = server_port
         self._scheme = scheme
+        self._close_after = False  # the current request asked to close the connection
+        self._closing = False  # ... and it is complete: what follows is not a request
         self.upgraded = False
+        self.failed = False  # a FAIL event was queued: later bytes are not parsed
 
     # -- httptools callbacks --------------------------------------------------
     def on_message_begin(self) -> None:
@@ -59,29 +62,49 @@ class RequestReader(Reader):
 
     def on_headers_complete(self) -> None:
         self.in_head = False
-        self.events.append((HEAD, self._build()))
+        req = self._build()
+        self._close_after = not req.keep_alive
+        self.events.append((HEAD, req))
 
     def on_message_complete(self) -> None:
+        self._closing = self._close_after
         self.events.append((END, self._trailers or []))
 
     # -- feeding ----------------------------------------------------------------
     def feed(self, data: bytes) -> None:
-        """Parse ``data``; events land in ``self.events``. Raises HTTPError."""
+        """Parse ``data``; events land in ``self.events``.
+
+        A protocol error does not raise: it is queued as a ``FAIL`` event after
+        the requests parsed before it, so pipelined requests that were valid get
+        their answers first and the bad one its 4xx, in order. Nothing after the
+        error is parsed.
+        """
+        if self.failed:
+            return
         ticks, events = self._ticks, len(self.events)
         try:
-            self._parser.feed_data(data)
-        except httptools.HttpParserUpgrade as exc:
-            self.upgraded = True
-            self.events.append((UPGRADE, data[exc.args[0]:]))
-            return
-        except httptools.HttpParserCallbackError as exc:
-            raise (exc.__context__ if isinstance(exc.__context__, HTTPError)
-                   else HTTPError(f"bad request: {exc}")) from None
-        except httptools.HttpParserInvalidMethodError:
-            raise HTTPError("invalid method", 400) from None
-        except httptools.HttpParserError as exc:
-            raise HTTPError(f"bad request: {exc}", 400) from None
-        self._account(len(data), ticks, events)
+            try:
+                self._parser.feed_data(data)
+            except httptools.HttpParserUpgrade as exc:
+                self.upgraded = True
+                self.events.append((UPGRADE, data[exc.args[0]:]))
+                return
+            except httptools.HttpParserCallbackError as exc:
+                raise (exc.__context__ if isinstance(exc.__context__, HTTPError)
+                       else HTTPError(f"bad request: {exc}")) from None
+            except httptools.HttpParserInvalidMethodError:
+                raise HTTPError("invalid method", 400) from None
+            except httptools.HttpParserError as exc:
+                if self._closing:
+                    # RFC 9112 §9.6: bytes after a request with "Connection: close"
+                    # are not requests; that request is answered, the rest ignored.
+                    self.failed = True
+                    return
+                raise HTTPError(f"bad request: {exc}", 400) from None
+            self._account(len(data), ticks, events)
+        except HTTPError as exc:
+            self.failed = True
+            self.events.append((FAIL, exc))
 
     def _build(self) -> Request:
         f = self._fields

@@ -20,7 +20,7 @@ from . import headers, pages
 from .http1 import BODY, END, HEAD, INFO, ResponseReader
 from .request import HTTPError, Request
 from .tunnel import tunnel
-from .upstream import UpstreamError, send_all, shutdown
+from .upstream import UpstreamError, abort, send_all
 from .urlpath import PATH_SAFE, rewrite
 
 if TYPE_CHECKING:
@@ -41,6 +41,7 @@ class Exchange:
     """State of one request on its way through (possibly several) upstreams."""
 
     __slots__ = (
+        "body_flowing",
         "body_started",
         "conn",
         "req",
@@ -59,6 +60,7 @@ class Exchange:
         self.target = target
         self.up: Upstream | None = None
         self.body_started = False  # a byte of a streamed body was taken from the client
+        self.body_flowing = False  # the uploader greenlet is still moving the body
         self.responded = False  # a byte of the response was handed to the client
         self.status = 0
         self.sent = 0
@@ -100,6 +102,7 @@ def forward(conn: ClientConn, req: Request, target: Target) -> tuple[int, int]:
     group = target.group
     retries = target.route.retries if target.route else 1
     tried: set[str] = set()
+    sent_attempts = 0  # attempts that reached an upstream: only these use up ``retries``
     idempotent = req.method in IDEMPOTENT
     extra = req.extra
     last: UpstreamError | None = None
@@ -117,8 +120,9 @@ def forward(conn: ClientConn, req: Request, target: Target) -> tuple[int, int]:
             group.failed(up)
             last = exc
             conn.log_error(f"upstream {key}: {exc.reason} ({req.method} {req.raw_path!r})")
+            sent_attempts += exc.sent
             if (ex.responded or ex.body_started or not exc.retry
-                    or (exc.sent and not idempotent) or len(tried) > retries):
+                    or (exc.sent and not idempotent) or sent_attempts > retries):
                 # Nothing can be replayed: the body is gone, the upstream may
                 # have acted on a non-idempotent request, or it timed out (SPEC §5).
                 break
@@ -173,11 +177,9 @@ def _attempt(ex: Exchange, up: Upstream, body, idempotent: bool) -> None:
                  + headers.trailer_block(conn.trailers)) if req.chunked else b"".join(body)
     elif req.chunked and body is not None:
         head += headers.trailer_block(conn.trailers)
-    # A request that may not be replayed checks a pooled socket before using it.
     replayable = idempotent and body is not None
     for fresh in (False, True):
-        sock, reused = pool.get(up, target.timeouts.connect, check=not replayable,
-                                fresh=fresh)
+        sock, reused = pool.get(up, target.timeouts.connect, fresh=fresh)
         sock.settimeout(target.timeouts.read)
         try:
             reusable = _exchange(ex, sock, head, body is None, websocket)
@@ -220,6 +222,7 @@ def _upload(ex: Exchange, sock) -> None:
     """Second greenlet: pump the rest of the client's body upstream as it arrives."""
     conn = ex.conn
     chunked = ex.req.chunked
+    ex.body_flowing = True
     try:
         for piece in conn.body_pieces():
             ex.body_started = True
@@ -229,11 +232,14 @@ def _upload(ex: Exchange, sock) -> None:
         ex.uploading = False
     except HTTPError as exc:
         # The client's body is broken (too large, malformed, timed out): the
-        # request can never be completed, so wake the relay with an EOF.
+        # request can never be completed. Reset the upstream connection so the
+        # upstream cannot act on a truncated body; that also wakes the relay.
         ex.upload_error = exc
-        shutdown(sock)
+        abort(sock)
     except OSError:
         pass  # the upstream stopped reading: its response, if any, tells the story
+    finally:
+        ex.body_flowing = False
 
 
 def _relay(ex: Exchange, sock, reader: ResponseReader, websocket: bool) -> bool:
@@ -247,6 +253,11 @@ def _relay(ex: Exchange, sock, reader: ResponseReader, websocket: bool) -> bool:
         try:
             data = sock.recv(READ_SIZE)
         except TimeoutError:
+            if ex.body_flowing:
+                # The upstream may rightly wait for the whole body: its read timer
+                # starts once the body is sent (nginx: proxy_read_timeout). A stalled
+                # client is the uploader's to time out (408), not the upstream's fault.
+                continue
             _fail(ex, UpstreamError("upstream read timed out", 504, sent=True, retry=False))
         except OSError as exc:
             _fail(ex, UpstreamError(f"upstream failed: {exc}", sent=True, stale=not got_any))

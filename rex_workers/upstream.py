@@ -13,6 +13,7 @@ import ipaddress
 import math
 import socket as _stdsocket
 import ssl
+import struct
 import time
 
 from gevent import socket
@@ -41,6 +42,23 @@ def shutdown(sock: socket.socket) -> None:
         sock.shutdown(_stdsocket.SHUT_RDWR)
     except OSError:
         pass  # already closed or never connected: nothing left to wake
+
+
+def abort(sock: socket.socket) -> None:
+    """Close with a reset, not a FIN: the request sent on ``sock`` is incomplete.
+
+    A FIN after part of a body lets a lenient upstream act on the truncated
+    request; a RST makes it fail instead. Closing also wakes (with an error) a
+    greenlet blocked reading ``sock``.
+    """
+    try:
+        sock.setsockopt(_stdsocket.SOL_SOCKET, _stdsocket.SO_LINGER, _LINGER_RESET)
+    except OSError:
+        pass  # already closed: the reset is moot
+    sock.close()
+
+
+_LINGER_RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends RST
 
 
 class UpstreamError(Exception):
@@ -107,19 +125,19 @@ class ConnectionPool:
         self._resolver = resolver or Resolver()
         self._tls = None
 
-    def get(self, up: Upstream, connect_timeout: float, *, check: bool = False,
-            fresh: bool = False):
+    def get(self, up: Upstream, connect_timeout: float, *, fresh: bool = False):
         """``(socket, reused)``: an idle pooled connection (``reused`` True) or a new one.
 
-        ``check``: peek at a pooled socket first, for requests that cannot be
-        retried; a closed one is dropped instead of failing the request.
+        A pooled socket is peeked at first (one non-blocking syscall): one the
+        upstream closed is dropped, and one holding bytes nobody asked for (sent
+        after the last response ended) is never read as the next response.
         ``fresh``: always connect (the retry after a stale pooled connection).
         """
         idle = None if fresh else self._idle.get(up.key)
         now = time.monotonic()
         while idle:
             since, sock = idle.pop()
-            if now - since > IDLE_TIMEOUT or (check and not _alive(sock)):
+            if now - since > IDLE_TIMEOUT or not _alive(sock):
                 sock.close()
                 continue
             return sock, True

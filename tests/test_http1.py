@@ -7,6 +7,7 @@ import pytest
 from rex_workers.http1 import (
     BODY,
     END,
+    FAIL,
     HEAD,
     INFO,
     UPGRADE,
@@ -17,8 +18,12 @@ from rex_workers.request import HTTPError
 
 
 def events(reader, *pieces: bytes) -> list:
+    """Feed the pieces; a queued FAIL is raised, as the connection handler does."""
     for piece in pieces:
         reader.feed(piece)
+        for kind, payload in reader.events:
+            if kind == FAIL:
+                raise payload
     out = list(reader.events)
     reader.events.clear()
     return out
@@ -101,6 +106,30 @@ def test_absolute_form_authority_replaces_host():
     assert req.headers == [(b"Host", b"Real.example:81")]
 
 
+def test_a_bad_pipelined_request_fails_after_the_good_ones_before_it():
+    reader = RequestReader(16384)
+    reader.feed(b"GET /1 HTTP/1.1\r\nHost: a\r\n\r\n"
+                b"GET /2 HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n")
+    kinds = [k for k, _ in reader.events]
+    assert kinds == [HEAD, END, FAIL] and reader.events[-1][1].status == 400
+    reader.feed(b"GET /3 HTTP/1.1\r\nHost: a\r\n\r\n")  # nothing is parsed after a failure
+    assert len(reader.events) == 3
+
+
+def test_bytes_after_a_connection_close_request_are_ignored():
+    # RFC 9112 §9.6: the request that asked to close is complete; the rest is not ours.
+    reader = RequestReader(16384)
+    reader.feed(b"GET /1 HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\nGET /2 HTTP/1.1\r\n")
+    assert [k for k, _ in reader.events] == [HEAD, END]
+
+
+def test_a_bad_body_of_a_connection_close_request_still_fails():
+    reader = RequestReader(16384)
+    reader.feed(b"POST /1 HTTP/1.1\r\nHost: a\r\nConnection: close\r\n"
+                b"Transfer-Encoding: chunked\r\n\r\nzz\r\n")
+    assert [k for k, _ in reader.events] == [HEAD, FAIL]
+
+
 def test_head_over_limit_is_431_counting_all_fields():
     many = b"".join(b"X-%d: %s\r\n" % (i, b"v" * 100) for i in range(20))
     assert refused(b"GET / HTTP/1.1\r\nHost: a\r\n" + many + b"\r\n", limit=1024).status == 431
@@ -111,7 +140,7 @@ def test_one_endless_header_line_is_refused_without_buffering_it():
     reader.feed(b"GET / HTTP/1.1\r\nHost: a\r\nX-Big: ")
     with pytest.raises(HTTPError) as info:
         for _ in range(100):
-            reader.feed(b"v" * 512)
+            events(reader, b"v" * 512)
     assert info.value.status == 431
     assert reader.in_head
 
@@ -121,7 +150,7 @@ def test_endless_trailer_is_refused():
     reader.feed(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nX-T: ")
     with pytest.raises(HTTPError) as info:
         for _ in range(100):
-            reader.feed(b"v" * 512)
+            events(reader, b"v" * 512)
     assert info.value.status == 400
 
 

@@ -77,7 +77,7 @@ def lb(rex_module):
     b["held"] = Backend("held", hold=hold).start()
     b["closer"] = Backend("closer", mode=CLOSE).start()
     b["reader"] = Backend("reader", mode=READ_CLOSE).start()
-    dead, down1, down2 = free_port(), free_port(), free_port()  # nothing listens there
+    dead, down1, down2, dead2 = free_port(), free_port(), free_port(), free_port()  # unused
     abc = [entry(b["a"]), entry(b["b"]), entry(b["c"])]
     routes = [
         route("/rr", abc),
@@ -87,13 +87,17 @@ def lb(rex_module):
         route("/lc", [entry(b["held"]), entry(b["free"])], balance="least_conn"),
         route("/dead", [entry(f"http://127.0.0.1:{dead}"), *abc[:2]]),
         route("/dead0", [entry(f"http://127.0.0.1:{dead}", max_fails=0), *abc[:2]]),
+        # Two never-taken-out refusers and retries 0: refusals do not use up retries.
+        route("/refused0", [entry(f"http://127.0.0.1:{dead}", max_fails=0),
+                            entry(f"http://127.0.0.1:{dead2}", max_fails=0), abc[2]],
+              retries=0),
         route("/closer", [entry(b["closer"], max_fails=0), abc[0]]),
         route("/reader", [entry(b["reader"], max_fails=0), abc[1]]),
-        # retries 2: the request that finds both primaries dead still reaches the backup
-        # (with the default 1 it would be a 502 after trying p1 and p2).
+        # Default retries (1): the request that finds both primaries dead still reaches
+        # the backup, as attempts that never reached an upstream do not use up retries.
         route("/backup", [entry(b["p1"], fail_timeout=f"{FAIL_TIMEOUT}s"),
                           entry(b["p2"], fail_timeout=f"{FAIL_TIMEOUT}s"),
-                          entry(b["bk"], backup="true")], retries=2),
+                          entry(b["bk"], backup="true")]),
         route("/alldown", [entry(f"http://127.0.0.1:{down1}", fail_timeout="60s"),
                            entry(f"http://127.0.0.1:{down2}", fail_timeout="60s",
                                  backup="true")],
@@ -200,6 +204,12 @@ def test_a_dead_upstream_beside_live_ones_fails_no_get(client, path):
     # every third request is refused and retried on the next upstream.
     names = client.names(path, 30)
     assert set(names) == {"a", "b"}
+
+
+def test_refused_connections_do_not_use_up_retries(client):
+    # retries: 0 bounds attempts that reached an upstream; a refusal never did, so
+    # every GET still finds the one live upstream behind the two refusing ones.
+    assert client.names("/refused0", 9) == ["c"] * 9
 
 
 def test_an_upstream_that_closes_without_answering_is_retried_for_get(lb, client):

@@ -54,8 +54,11 @@ DRAINED: list[bytes] = []  # what the draining upstream received, per connection
 
 def drain(sock: socket.socket) -> None:
     data = b""
-    while chunk := sock.recv(65536):
-        data += chunk
+    try:
+        while chunk := sock.recv(65536):
+            data += chunk
+    except ConnectionResetError:
+        pass  # Rex resets an upstream connection whose request body it cannot finish
     DRAINED.append(data)
 
 

@@ -132,16 +132,11 @@ def stalled_post(port: int, path: str) -> tuple[int, float]:
         return status, time.monotonic() - started
 
 
-# The upstream's read timer starts when the request head is sent and runs while the
-# client is still uploading: with equal timeouts (the default: 60 s both) it fires
-# with the client's body timer, blames the upstream (504) and counts a failure
-# against it; with a body that simply takes longer than ``timeouts.read`` to
-# arrive, a working upload is cut off.
-UPLOAD_BUG = ("BUG: proxy._relay's upstream read timeout runs while the request body is "
-              "still being uploaded (proxy.py _relay TimeoutError branch)")
+# The upstream's read timer must not run while the client is still uploading: a
+# stalled body is the client's fault (408) and must not count against the upstream,
+# and a body that simply takes longer than ``timeouts.read`` to arrive must get through.
 
 
-@pytest.mark.xfail(reason=UPLOAD_BUG, strict=True)
 def test_stalled_request_body_is_408_and_the_upstream_hears_nothing_more(site):
     port, _, (api, _) = site
     before = len(api.requests)
@@ -150,8 +145,6 @@ def test_stalled_request_body_is_408_and_the_upstream_hears_nothing_more(site):
     assert status == 408 and 0.9 < seconds < 3
 
 
-@pytest.mark.xfail(reason=UPLOAD_BUG + "; and forward() counts it as an upstream failure",
-                   strict=True)
 def test_a_client_stalling_its_body_does_not_take_an_upstream_out_of_rotation(site):
     port, _, (api, api2) = site
     stalled_post(port, "/pair/upload")
@@ -162,7 +155,6 @@ def test_a_client_stalling_its_body_does_not_take_an_upstream_out_of_rotation(si
     assert (len(api.requests) - before[0], len(api2.requests) - before[1]) == (2, 2)
 
 
-@pytest.mark.xfail(reason=UPLOAD_BUG, strict=True)
 def test_slow_body_within_the_read_timeout_succeeds(site):
     port, _, (api, _) = site
     with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
