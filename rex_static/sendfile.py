@@ -20,6 +20,8 @@ import socket
 import gevent
 from gevent.socket import wait_write
 
+from rex_workers.wire import send_all
+
 COPY_BLOCK = 256 * 1024
 # Bytes sent without ever waiting before other greenlets get a turn: a fast
 # client on loopback can drain a huge file without sendfile hitting EAGAIN.
@@ -47,9 +49,9 @@ def send_head(sock, head: bytes, file_follows: bool) -> None:
     TCP segment instead of a tiny segment of its own.
     """
     if file_follows and _MSG_MORE and can_sendfile(sock):
-        sock.sendall(head, _MSG_MORE)
+        send_all(sock, head, _MSG_MORE)
     else:
-        sock.sendall(head)
+        send_all(sock, head)
 
 
 def send_file(sock, fd: int, offset: int, count: int) -> int:

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from rex_workers import pages
+from rex_workers.wire import send_all
 
 from . import listing
 from .cache import TTLCache
@@ -205,7 +206,7 @@ class StaticSite:
               fd: int | None) -> tuple[int, int]:
         status, keep_alive = outcome.status, req.keep_alive
         if status == NOT_MODIFIED:
-            sock.sendall(head(NOT_MODIFIED, rep.validator_lines, date=pages.http_date(),
+            send_all(sock, head(NOT_MODIFIED, rep.validator_lines, date=pages.http_date(),
                               keep_alive=keep_alive))
             return NOT_MODIFIED, 0
         if status not in (200, PARTIAL):
@@ -216,12 +217,12 @@ class StaticSite:
         lines = body_lines(rep, outcome.start, outcome.end, status == PARTIAL)
         response_head = head(status, lines, date=pages.http_date(), keep_alive=keep_alive)
         if req.method == "HEAD":
-            sock.sendall(response_head)
+            send_all(sock, response_head)
             return status, 0
         if rep.content is not None:
             # One send for head and body: no second syscall, no Nagle delay.
             body = memoryview(rep.content)[outcome.start:outcome.end]
-            sock.sendall(b"".join((response_head, body)))
+            send_all(sock, b"".join((response_head, body)))
             return status, outcome.length
         send_head(sock, response_head, file_follows=outcome.length > 0)
         sent = send_file(sock, fd, outcome.start, outcome.length)
@@ -235,7 +236,7 @@ class StaticSite:
               headers: tuple[tuple[str, str], ...] = ()) -> tuple[int, int]:
         head_only = req.method == "HEAD"
         body = pages.page(status)
-        sock.sendall(pages.response(status, body, keep_alive=req.keep_alive,
+        send_all(sock, pages.response(status, body, keep_alive=req.keep_alive,
                                     head_only=head_only, headers=headers))
         return status, 0 if head_only else len(body)
 
@@ -264,12 +265,12 @@ class StaticSite:
             location += "?" + req.query.decode("ascii")
         head_only = req.method == "HEAD"
         body = pages.page(301)
-        sock.sendall(pages.response(301, body, keep_alive=req.keep_alive, head_only=head_only,
+        send_all(sock, pages.response(301, body, keep_alive=req.keep_alive, head_only=head_only,
                                     headers=(("Location", location),)))
         return 301, 0 if head_only else len(body)
 
     def _list(self, sock, req: Request, page: Listing, key: Hashable) -> tuple[int, int]:
         body = listing.render(page.path, listing.scan(page.node.real, self.root, self.opts))
         head_only = req.method == "HEAD"
-        sock.sendall(pages.response(200, body, keep_alive=req.keep_alive, head_only=head_only))
+        send_all(sock, pages.response(200, body, keep_alive=req.keep_alive, head_only=head_only))
         return 200, 0 if head_only else len(body)

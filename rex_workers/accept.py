@@ -58,7 +58,11 @@ def wire_bytes(sock) -> tuple[int, int]:
 class MeteredConn(ClientConn):
     """A client connection that adds its wire bytes to its listener's row when it closes."""
 
-    row = 0
+    __slots__ = ("row",)
+
+    def __init__(self, sock, addr, listener: Listener, rt: Runtime, row: int) -> None:
+        super().__init__(sock, addr, listener, rt)
+        self.row = row
 
     def _close(self) -> None:
         received, sent = wire_bytes(self.sock)
@@ -88,8 +92,7 @@ class Entry:
             sock = self._handshake(sock)
             if sock is None:
                 return
-        conn = MeteredConn(sock, addr, self.listener, rt)
-        conn.row = self.row
+        conn = MeteredConn(sock, addr, self.listener, rt, self.row)
         rt.connections.add(conn)
         try:
             conn.serve()

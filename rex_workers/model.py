@@ -45,11 +45,12 @@ class Upstream:
     backup: bool = False
     max_fails: int = 1
     fail_timeout: float = 10.0
+    # Stable identity used by balancers, health state, the pool and metrics; made
+    # once here because the hot path asks for it several times per request.
+    key: str = field(init=False, repr=False, compare=False)
 
-    @property
-    def key(self) -> str:
-        """Stable identity used by balancers, health state and metrics."""
-        return f"{self.scheme}://{self.host}:{self.port}"
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "key", f"{self.scheme}://{self.host}:{self.port}")
 
 
 @dataclass(frozen=True, slots=True)

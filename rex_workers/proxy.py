@@ -20,8 +20,9 @@ from . import headers, pages
 from .http1 import BODY, END, HEAD, INFO, ResponseReader
 from .request import HTTPError, Request
 from .tunnel import tunnel
-from .upstream import UpstreamError, abort, send_all
+from .upstream import UpstreamError, abort
 from .urlpath import PATH_SAFE, rewrite
+from .wire import send_all
 
 if TYPE_CHECKING:
     from .handler import ClientConn

@@ -13,7 +13,8 @@ import gevent
 
 from . import headers
 from .http1 import UPGRADE
-from .upstream import send_all, shutdown
+from .upstream import shutdown
+from .wire import send_all
 
 if TYPE_CHECKING:
     from collections import deque

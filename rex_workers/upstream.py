@@ -25,17 +25,6 @@ IDLE_TIMEOUT = 55.0  # below the 60 s many servers (gunicorn: 2 s!) use; stale o
 MAX_IDLE_PER_UPSTREAM = 64
 
 
-def send_all(sock: socket.socket, data: bytes) -> None:
-    """``sendall`` in one ``send`` when the kernel takes it all, as it nearly always does.
-
-    gevent's ``sendall`` asks the socket for SO_SNDBUF on every call: one more
-    system call per write on the hot path, for nothing when one send suffices.
-    """
-    sent = sock.send(data)
-    if sent < len(data):
-        sock.sendall(memoryview(data)[sent:])
-
-
 def shutdown(sock: socket.socket) -> None:
     """Shut both directions; wakes a greenlet blocked on ``sock`` without closing it."""
     try:

@@ -259,7 +259,7 @@ class Worker:
 
 def _quiet(conn) -> bool:
     """No request under way: no partial head parsed, no unread bytes from the client."""
-    if conn.reader.in_head:
+    if conn.reader is not None and conn.reader.in_head:
         return False
     pending = getattr(conn.sock, "pending", None)  # TLS: bytes decrypted but not yet read
     if pending is not None and pending():

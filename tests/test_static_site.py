@@ -254,6 +254,11 @@ class CountingSocket:
         self._sock = sock
         self._sends = sends
 
+    def send(self, data, *flags):
+        sent = self._sock.send(data, *flags)
+        self._sends.append(sent)
+        return sent
+
     def sendall(self, data, *flags):
         self._sends.append(len(data))
         return self._sock.sendall(data, *flags)

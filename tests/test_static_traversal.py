@@ -131,6 +131,10 @@ class RecordingSocket:
     def __init__(self) -> None:
         self.sent = b""
 
+    def send(self, data, *flags) -> int:
+        self.sent += bytes(data)
+        return len(data)
+
     def sendall(self, data, *flags) -> None:
         self.sent += bytes(data)
 
