@@ -56,6 +56,9 @@ def _quote(value: bytes | None) -> str:
     return value.decode("latin-1").replace("\\", "\\\\").replace('"', '\\"')
 
 
+REPORT_EVERY = 60.0  # seconds between two reports of a failing access log
+
+
 class Log:
     def __init__(self, settings: Logging, worker: str = "") -> None:
         self.settings = settings
@@ -64,6 +67,9 @@ class Log:
         self._access = _open(settings.access)
         self._error = _open(settings.error)
         self._json = settings.format == "json"
+        self._info = settings.level in ("debug", "info")
+        self._errors = settings.level != "critical"
+        self._reported = 0.0  # when a failing access log was last reported (monotonic)
 
     def reopen(self) -> None:
         for name in ("_access", "_error"):
@@ -111,13 +117,13 @@ class Log:
         self._write(self._access, line)
 
     def error(self, message: str) -> None:
-        if self._error is None:
+        if self._error is None or not self._errors:
             return
         stamp = time.strftime("%Y-%m-%d %H:%M:%S")
         self._write(self._error, f"{stamp} [error] {self.worker}{message}")
 
     def info(self, message: str) -> None:
-        if self._error is None:
+        if self._error is None or not self._info:
             return
         stamp = time.strftime("%Y-%m-%d %H:%M:%S")
         self._write(self._error, f"{stamp} [info] {self.worker}{message}")
@@ -125,7 +131,18 @@ class Log:
     def _write(self, fd: int, line: str) -> None:
         try:
             os.write(fd, (line + "\n").encode("utf-8", "replace"))
-        except OSError:
+        except OSError as exc:
             # Disk full or the file vanished: losing a log line is better than
-            # failing the request it describes. Counted for `rex status`.
+            # failing the request it describes; but not in silence.
             self.dropped += 1
+            if fd == self._access and fd != self._error:
+                self._report(exc)
+
+    def _report(self, exc: OSError) -> None:
+        """Say in the error log that access lines are being lost, at most once a minute."""
+        now = time.monotonic()
+        if self._reported and now - self._reported < REPORT_EVERY:
+            return
+        self._reported = now
+        self.error(f"access log {self.settings.access}: {exc.strerror or exc}; "
+                   f"{self.dropped} line(s) dropped so far")

@@ -17,7 +17,7 @@ from . import pages
 from .headers import is_websocket
 from .http1 import BODY, END, FAIL, HEAD, UPGRADE, RequestReader
 from .proxy import Abort
-from .request import HTTPError, Request
+from .request import HTTPError, Request, printable
 from .urlpath import normalize
 from .wire import send_all
 
@@ -119,7 +119,7 @@ class ClientConn:
 
     def _error(self, req: Request, exc: HTTPError) -> tuple[int, int]:
         if exc.status >= 500:
-            self.log_error(f"{exc.status} {req.method} {req.raw_path!r}: {exc.reason}")
+            self.log_error(f"{exc.status} {req.method} {printable(req.raw_path)}: {exc.reason}")
         if exc.close or not self._body_done:
             self.keep_alive = False
             self._linger = True

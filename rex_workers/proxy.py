@@ -18,7 +18,7 @@ import gevent
 
 from . import headers, pages
 from .http1 import BODY, END, HEAD, INFO, ResponseReader
-from .request import HTTPError, Request
+from .request import HTTPError, Request, printable
 from .tunnel import tunnel
 from .upstream import UpstreamError, abort
 from .urlpath import PATH_SAFE, rewrite
@@ -120,7 +120,7 @@ def forward(conn: ClientConn, req: Request, target: Target) -> tuple[int, int]:
         except UpstreamError as exc:
             group.failed(up)
             last = exc
-            conn.log_error(f"upstream {key}: {exc.reason} ({req.method} {req.raw_path!r})")
+            conn.log_error(f"upstream {key}: {exc.reason} ({req.method} {printable(req.raw_path)})")
             sent_attempts += exc.sent
             if (ex.responded or ex.body_started or not exc.retry
                     or (exc.sent and not idempotent) or sent_attempts > retries):

@@ -55,3 +55,13 @@ class Request:
             if k.lower() == name:
                 return v
         return None
+
+
+def printable(raw: bytes) -> str:
+    """A path or target for a log line: plain ASCII as is, other bytes escaped.
+
+    The parser has refused CR, LF and NUL already; escaping the rest keeps a
+    hostile target from writing terminal escapes into someone's log viewer.
+    """
+    text = raw.decode("latin-1")
+    return text if text.isascii() and text.isprintable() else repr(raw)[2:-1]

@@ -96,7 +96,7 @@ class Site:
 
 
 def _redirect_https(conn: ClientConn, req: Request) -> tuple[int, int]:
-    host = (req.header(b"host") or b"").decode("latin-1").rsplit(":", 1)[0]
+    host = req.host  # without its port; an IPv6 literal keeps its brackets
     if not host or any(c in host for c in "\r\n/\\"):
         raise HTTPError("no usable Host to redirect to", 400)
     location = f"https://{host}{req.target.decode('latin-1')}"

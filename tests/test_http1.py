@@ -235,3 +235,11 @@ def test_upstream_upgrade_returns_tunnel_bytes():
                       b"Connection: Upgrade\r\n\r\n\x81\x01x")
     assert out[0][1].upgrade
     assert out[-1] == (UPGRADE, b"\x81\x01x")
+
+
+def test_paths_in_log_lines_are_plain_or_escaped():
+    from rex_workers.request import printable
+
+    assert printable(b"/api/cart?x=1") == "/api/cart?x=1"
+    assert printable(b"/\x1b[31mred") == "/\\x1b[31mred"  # no terminal escapes in logs
+    assert printable(b"/caf\xc3\xa9") == "/caf\\xc3\\xa9"

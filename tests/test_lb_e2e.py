@@ -276,7 +276,7 @@ def test_when_everything_is_down_the_502_is_immediate(lb, client, rex_module):
         assert status == 502
         assert elapsed < CONNECT_TIMEOUT / 5, elapsed
         assert spare.connections == 0
-        wait_for(lambda: "'/alldown/b': no live upstream" in rex_module.output(), 5,
+        wait_for(lambda: "GET /alldown/b: no live upstream" in rex_module.output(), 5,
                  what="the error log line")
     finally:
         hole.close()

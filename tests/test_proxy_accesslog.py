@@ -77,3 +77,30 @@ def test_json_format(rex, upstream):
     assert entry["upstream"] == f"http://127.0.0.1:{api.port}"
     assert 0 <= entry["upstream_time"] <= entry["request_time"]
     assert entry["remote"] == "127.0.0.1"
+
+
+def test_a_failing_access_log_is_reported_once_and_costs_only_lines(tmp_path):
+    from rex_workers.accesslog import Log
+    from rex_workers.model import Logging
+
+    errors = tmp_path / "error.log"
+    log = Log(Logging(access="/dev/full", error=str(errors)), "[worker 1] ")
+    for _ in range(3):
+        log.access_raw("127.0.0.1", 400)
+    lines = errors.read_text().splitlines()
+    assert log.dropped == 3 and len(lines) == 1  # one report, not one per lost line
+    assert "[error] [worker 1] access log /dev/full: No space left on device" in lines[0]
+
+
+def test_log_level_leaves_out_lower_lines(tmp_path):
+    from rex_workers.accesslog import Log
+    from rex_workers.model import Logging
+
+    errors = tmp_path / "error.log"
+    log = Log(Logging(access=None, error=str(errors), level="warning"))
+    log.info("started")
+    log.error("upstream down")
+    assert errors.read_text().count("\n") == 1 and "upstream down" in errors.read_text()
+    quiet = Log(Logging(access=None, error=str(errors), level="critical"))
+    quiet.error("not written")
+    assert "not written" not in errors.read_text()

@@ -148,6 +148,13 @@ def test_redirect_instance_sends_308_to_https(site):
     assert reply.headers["location"] == "https://shop.example/form?a=1"
 
 
+def test_redirect_keeps_an_ipv6_literal_whole(site):
+    with socket.create_connection(("127.0.0.1", site["http"]), timeout=5) as s:
+        s.sendall(b"GET /p HTTP/1.1\r\nHost: [::1]:8080\r\n\r\n")
+        reply = read_reply(s.makefile("rb"))
+    assert reply.status == 308 and reply.headers["location"] == "https://[::1]/p"
+
+
 def test_failed_handshakes_cost_only_their_own_connection(site, ca):
     port = site["tls"]
     silent = socket.create_connection(("127.0.0.1", port), timeout=5)  # never says hello
