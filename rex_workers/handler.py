@@ -13,7 +13,7 @@ import time
 import traceback
 from typing import TYPE_CHECKING
 
-from . import pages
+from . import deadline, pages
 from .headers import is_websocket
 from .http1 import BODY, END, FAIL, HEAD, UPGRADE, RequestReader
 from .proxy import Abort
@@ -189,11 +189,15 @@ class ClientConn:
 
     def _recv_into_reader(self, timeout: float) -> bool:
         """One read fed to the parser (errors come as FAIL events); False on timeout or EOF."""
-        self.sock.settimeout(timeout)
+        sock = self.sock
+        sock.settimeout(None)  # the wait every request makes: a cheap deadline instead
+        deadline.arm(timeout)
         try:
-            data = self.sock.recv(READ_SIZE)
+            data = sock.recv(READ_SIZE)
         except TimeoutError:
             return False
+        finally:
+            deadline.disarm()
         if not data:
             return False
         reader = self.reader

@@ -16,7 +16,7 @@ from urllib.parse import quote
 
 import gevent
 
-from . import headers, pages
+from . import deadline, headers, pages
 from .http1 import BODY, END, HEAD, INFO, ResponseReader
 from .request import HTTPError, Request, printable
 from .tunnel import tunnel
@@ -211,6 +211,10 @@ def _exchange(ex: Exchange, sock, head: bytes, streaming: bool, websocket: bool)
         ex.conn.expect_continue()
         ex.uploading = True
         uploader = gevent.spawn(_upload, ex, sock)
+    else:
+        # Only this greenlet uses the socket now: its reads get a cheap deadline
+        # instead of the socket's timeout (``deadline``); the pool sets it back.
+        sock.settimeout(None)
     try:
         return _relay(ex, sock, ResponseReader(ex.conn.rt.limits.header_bytes,
                                                ex.req.method == "HEAD"), websocket)
@@ -250,9 +254,17 @@ def _relay(ex: Exchange, sock, reader: ResponseReader, websocket: bool) -> bool:
     out: list[bytes] = []  # for the client; flushed before every blocking read
     chunk_out = False
     got_any = False
+    read_timeout = None if ex.uploading else ex.target.timeouts.read
     while True:
         try:
-            data = sock.recv(READ_SIZE)
+            if read_timeout is None:
+                data = sock.recv(READ_SIZE)  # the socket's own timeout applies
+            else:
+                deadline.arm(read_timeout)
+                try:
+                    data = sock.recv(READ_SIZE)
+                finally:
+                    deadline.disarm()
         except TimeoutError:
             if ex.body_flowing:
                 # The upstream may rightly wait for the whole body: its read timer
