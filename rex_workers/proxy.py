@@ -30,6 +30,10 @@ if TYPE_CHECKING:
     from .site import Target
 
 READ_SIZE = 65536
+# A Content-Length body with at least this much left is relayed raw (``_pump``):
+# no parser, no new bytes object per read, reads of PUMP_SIZE into one buffer.
+PUMP_MIN = 256 * 1024
+PUMP_SIZE = 256 * 1024
 # RFC 9110 §9.2.2; these may be sent again when a first attempt got no answer.
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 
@@ -311,8 +315,47 @@ def _relay(ex: Exchange, sock, reader: ResponseReader, websocket: bool) -> bool:
                 # 103 Early Hints and the like reach HTTP/1.1 clients; a 100 is not
                 # relayed, as Rex has answered the client's Expect itself.
                 out.append(headers.interim_head(payload))
+        final = reader.final
+        if (final is not None and final.content_length is not None and not reader.done
+                and final.content_length - ex.sent >= PUMP_MIN):
+            # A large body of known length: what is left of it is plain bytes.
+            _flush(ex, out)
+            _pump(ex, sock, final.content_length - ex.sent, read_timeout)
+            return (final.keep_alive and not ex.uploading and ex.upload_error is None)
         if out:
             _flush(ex, out)
+
+
+def _pump(ex: Exchange, sock, left: int, read_timeout: float | None) -> None:
+    """Relay the last ``left`` bytes of a Content-Length body as they are.
+
+    Reads never go past the body, so bytes an upstream sends after it stay in
+    the socket, where the pool's check finds them. The response has started:
+    any failure cuts the client's connection (``Abort``), the only honest end.
+    """
+    buf = memoryview(bytearray(min(left, PUMP_SIZE)))
+    send = ex.conn.send
+    while left:
+        piece = buf[:left] if left < len(buf) else buf
+        try:
+            if read_timeout is None:
+                n = sock.recv_into(piece)
+            else:
+                deadline.arm(read_timeout)
+                try:
+                    n = sock.recv_into(piece)
+                finally:
+                    deadline.disarm()
+        except OSError:  # TimeoutError included
+            raise Abort() from None
+        if not n:
+            raise Abort()  # the upstream closed in the middle of the body
+        left -= n
+        ex.sent += n
+        try:
+            send(piece[:n])
+        except OSError:
+            raise Abort() from None  # the client went away or stalled past the read timeout
 
 
 def _flush(ex: Exchange, out: list[bytes]) -> None:
