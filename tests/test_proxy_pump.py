@@ -17,7 +17,8 @@ from rex_workers.proxy import PUMP_MIN
 SIZE = PUMP_MIN * 4 + 12345  # well past the pump threshold, not a multiple of its reads
 BODY = bytes(range(256)) * (SIZE // 256) + b"z" * (SIZE % 256)
 STRAY = b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nSMUGGLED"
-sent_stray = threading.Event()
+client_has_body = threading.Event()
+stray_sent = threading.Event()
 
 
 def body_then_stray(sock: socket.socket) -> None:
@@ -31,8 +32,9 @@ def body_then_stray(sock: socket.socket) -> None:
         sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % SIZE + BODY)
         if first:
             first = False
-            sent_stray.wait(5)  # once the client has the whole body
-            sock.sendall(STRAY)
+            client_has_body.wait(5)
+            sock.sendall(STRAY)  # on loopback, in Rex's socket once sendall returns
+            stray_sent.set()
 
 
 def cut_short(sock: socket.socket) -> None:
@@ -71,7 +73,8 @@ def test_large_body_arrives_byte_for_byte_and_stray_bytes_stay_behind(site):
     port, stray = site
     reply = get(port, "/stray/1")
     assert reply.status == 200 and reply.body == BODY
-    sent_stray.set()
+    client_has_body.set()
+    assert stray_sent.wait(5)  # else the next request could beat the stray bytes
     # The pooled connection now holds bytes nobody asked for: the next request must
     # get the upstream's real answer on a fresh connection, never "SMUGGLED".
     for i in range(3):
