@@ -9,9 +9,10 @@ second and throws ``TimeoutError`` into the greenlets whose deadline passed,
 the same exception a socket timeout raises. A deadline fires up to ``TICK``
 late, which timeouts measured in seconds do not notice.
 
-Use ``arm`` right before a blocking call on a socket whose own timeout is
-None, and ``disarm`` in a ``finally`` right after it. Nothing may block in
-between but the call itself: the throw lands wherever the greenlet waits.
+``call`` wraps one blocking call on a socket whose own timeout is None (or
+``arm`` right before it and ``disarm`` in a ``finally`` right after). Nothing
+may block in between but the call itself: the throw lands wherever the
+greenlet waits.
 """
 
 from __future__ import annotations
@@ -37,6 +38,17 @@ def arm(seconds: float) -> None:
 
 def disarm() -> None:
     _due.pop(getcurrent(), None)
+
+
+def call(seconds: float | None, fn, arg):
+    """``fn(arg)`` (a blocking socket read) within ``seconds``; None: no deadline here."""
+    if seconds is None:
+        return fn(arg)
+    arm(seconds)
+    try:
+        return fn(arg)
+    finally:
+        disarm()
 
 
 def _sweep() -> None:

@@ -191,13 +191,10 @@ class ClientConn:
         """One read fed to the parser (errors come as FAIL events); False on timeout or EOF."""
         sock = self.sock
         sock.settimeout(None)  # the wait every request makes: a cheap deadline instead
-        deadline.arm(timeout)
         try:
-            data = sock.recv(READ_SIZE)
+            data = deadline.call(timeout, sock.recv, READ_SIZE)
         except TimeoutError:
             return False
-        finally:
-            deadline.disarm()
         if not data:
             return False
         reader = self.reader

@@ -261,14 +261,8 @@ def _relay(ex: Exchange, sock, reader: ResponseReader, websocket: bool) -> bool:
     read_timeout = None if ex.uploading else ex.target.timeouts.read
     while True:
         try:
-            if read_timeout is None:
-                data = sock.recv(READ_SIZE)  # the socket's own timeout applies
-            else:
-                deadline.arm(read_timeout)
-                try:
-                    data = sock.recv(READ_SIZE)
-                finally:
-                    deadline.disarm()
+            # None: an upload shares the socket, and the socket's own timeout applies.
+            data = deadline.call(read_timeout, sock.recv, READ_SIZE)
         except TimeoutError:
             if ex.body_flowing:
                 # The upstream may rightly wait for the whole body: its read timer
@@ -338,14 +332,7 @@ def _pump(ex: Exchange, sock, left: int, read_timeout: float | None) -> None:
     while left:
         piece = buf[:left] if left < len(buf) else buf
         try:
-            if read_timeout is None:
-                n = sock.recv_into(piece)
-            else:
-                deadline.arm(read_timeout)
-                try:
-                    n = sock.recv_into(piece)
-                finally:
-                    deadline.disarm()
+            n = deadline.call(read_timeout, sock.recv_into, piece)
         except OSError:  # TimeoutError included
             raise Abort() from None
         if not n:

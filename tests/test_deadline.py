@@ -20,11 +20,7 @@ def pair():
 
 
 def wait_with_deadline(sock, seconds: float) -> bytes:
-    deadline.arm(seconds)
-    try:
-        return sock.recv(10)
-    finally:
-        deadline.disarm()
+    return deadline.call(seconds, sock.recv, 10)
 
 
 def test_a_silent_peer_times_out_about_on_time(pair):
