@@ -116,6 +116,11 @@ class Reader:
         self._quiet = 0  # bytes fed since the last progress
         self.in_head = False
 
+    def release(self) -> None:
+        """Drop the parser: it and this reader hold each other (httptools keeps our
+        bound methods), a cycle only the garbage collector would otherwise free."""
+        self._parser = None
+
     def on_header(self, name: bytes, value: bytes) -> None:
         self._ticks += 1
         if self._trailers is None:

@@ -179,6 +179,8 @@ class ClientConn:
                 timeout = timeouts.idle
                 # Between requests nothing parsed is pending: let the parser go
                 # (the locals too, or they keep it alive through the wait).
+                if reader is not None:
+                    reader.release()
                 self.reader = reader = events = None
             if timeout <= 0 or not self._recv_into_reader(timeout):
                 if in_head:
@@ -327,6 +329,9 @@ class ClientConn:
         send_all(self.sock, data)
 
     def _close(self) -> None:
+        if self.reader is not None:
+            self.reader.release()
+            self.reader = None
         sock = self.sock
         if self._linger:
             try:

@@ -219,10 +219,11 @@ def _exchange(ex: Exchange, sock, head: bytes, streaming: bool, websocket: bool)
         # Only this greenlet uses the socket now: its reads get a cheap deadline
         # instead of the socket's timeout (``deadline``); the pool sets it back.
         sock.settimeout(None)
+    reader = ResponseReader(ex.conn.rt.limits.header_bytes, ex.req.method == "HEAD")
     try:
-        return _relay(ex, sock, ResponseReader(ex.conn.rt.limits.header_bytes,
-                                               ex.req.method == "HEAD"), websocket)
+        return _relay(ex, sock, reader, websocket)
     finally:
+        reader.release()
         if uploader is not None:
             uploader.kill()  # a no-op when the body was sent; else the response won
 

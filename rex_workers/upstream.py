@@ -47,6 +47,8 @@ def abort(sock: socket.socket) -> None:
     sock.close()
 
 
+# A plain int: or-ing the socket module's flag enums costs a Python call per peek.
+_PEEK = int(_stdsocket.MSG_PEEK | _stdsocket.MSG_DONTWAIT)
 _LINGER_RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends RST
 
 
@@ -187,7 +189,7 @@ def _alive(sock: socket.socket) -> bool:
     # readability instead of reporting EAGAIN, which is the answer we want here.
     raw = getattr(sock, "_sock", sock)
     try:
-        raw.recv(1, _stdsocket.MSG_PEEK | _stdsocket.MSG_DONTWAIT)
+        raw.recv(1, _PEEK)
     except BlockingIOError:
         return True
     except OSError as exc:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import gc
+import weakref
+
 import pytest
 
 from rex_workers.http1 import (
@@ -243,3 +246,27 @@ def test_paths_in_log_lines_are_plain_or_escaped():
     assert printable(b"/api/cart?x=1") == "/api/cart?x=1"
     assert printable(b"/\x1b[31mred") == "/\\x1b[31mred"  # no terminal escapes in logs
     assert printable(b"/caf\xc3\xa9") == "/caf\\xc3\\xa9"
+
+
+@pytest.mark.parametrize("make, data", [
+    (lambda: RequestReader(16384), b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"),
+    (lambda: ResponseReader(16384), b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"),
+])
+def test_released_reader_is_freed_without_the_garbage_collector(make, data):
+    # httptools keeps the reader's bound methods: reader and parser form a cycle.
+    # The hot path releases each reader it is done with, so no request leaves
+    # garbage for the collector (a measurable share of a worker's time otherwise).
+    gc.disable()
+    try:
+        reader = make()
+        reader.feed(data)
+        assert [kind for kind, _ in reader.events][-1] == END
+        kept = weakref.ref(reader)
+        del reader
+        assert kept() is not None  # the cycle holds it: the point of release()
+        reader = kept()
+        reader.release()
+        del reader
+        assert kept() is None
+    finally:
+        gc.enable()
