@@ -216,22 +216,38 @@ class Response:
 class ResponseReader(Reader):
     """Parses one upstream response (plus any 1xx before it).
 
-    A fresh reader per response: llhttp cannot be told that a response to HEAD
-    has no body, so for HEAD we stop at the head ourselves. Bytes beyond the end
-    of the response set ``leftover``: such a connection is never reused, so they
-    can never become the next client's response.
+    llhttp cannot be told that a response to HEAD has no body, so for HEAD we
+    stop at the head ourselves. Bytes beyond the end of the response set
+    ``leftover``: such a connection is never reused, so they can never become
+    the next client's response. A reader whose parser saw its response through
+    to the end is ``reusable`` for the next response on the same connection
+    (``reset``), which saves making a parser per proxied request.
     """
 
     def __init__(self, header_limit: int, head_request: bool = False) -> None:
         super().__init__(header_limit, 502)
         self._parser = httptools.HttpResponseParser(self)
+        self.reset(head_request)
+
+    def reset(self, head_request: bool = False) -> None:
+        """Ready for the next response on the connection; only after ``reusable()``."""
         self._head_request = head_request
         self._info = False
         self._reason = b""
+        self._quiet = 0
         self.final: Response | None = None  # set by the proxy when it sends the head
         self.done = False
+        self.complete = False  # llhttp itself reached the end of the final response
         self.head_seen = False
         self.leftover = False
+
+    def reusable(self) -> bool:
+        """Whether llhttp stands at the start of the next response, as a new parser would.
+
+        Not after a response to HEAD whose head announced a body (llhttp would
+        wait for it), a body relayed raw by the proxy, or bytes after the end.
+        """
+        return self.complete and not self.leftover and not self.events
 
     def on_message_begin(self) -> None:
         if self.done:
@@ -278,6 +294,8 @@ class ResponseReader(Reader):
         if self._info:  # the end of a 1xx: the real response follows
             self._info = False
             return
+        if not self.done or self._head_request:
+            self.complete = True
         self._finish()
 
     def _finish(self) -> None:

@@ -183,11 +183,23 @@ def _attempt(ex: Exchange, up: Upstream, body, idempotent: bool) -> None:
     elif req.chunked and body is not None:
         head += headers.trailer_block(conn.trailers)
     replayable = idempotent and body is not None
+    head_request = req.method == "HEAD"
     for fresh in (False, True):
-        sock, reused = pool.get(up, target.timeouts.connect, fresh=fresh)
+        sock, reused, reader = pool.get(up, target.timeouts.connect, fresh=fresh)
+        # The connection's own reader when it is pooled with one (``reusable``).
+        if reader is None:
+            reader = ResponseReader(conn.rt.limits.header_bytes, head_request)
+        else:
+            reader.reset(head_request)
         sock.settimeout(target.timeouts.read)
+        kept = False  # the reader stays with the pooled connection
         try:
-            reusable = _exchange(ex, sock, head, body is None, websocket)
+            if _exchange(ex, sock, reader, head, body is None, websocket):
+                kept = reader.reusable()
+                pool.put(up, sock, reader if kept else None)
+            else:
+                sock.close()
+            return
         except UpstreamError as exc:
             sock.close()
             if exc.stale and reused and replayable and not fresh:
@@ -196,14 +208,13 @@ def _attempt(ex: Exchange, up: Upstream, body, idempotent: bool) -> None:
         except BaseException:
             sock.close()
             raise
-        if reusable:
-            pool.put(up, sock)
-        else:
-            sock.close()
-        return
+        finally:
+            if not kept:
+                reader.release()
 
 
-def _exchange(ex: Exchange, sock, head: bytes, streaming: bool, websocket: bool) -> bool:
+def _exchange(ex: Exchange, sock, reader: ResponseReader, head: bytes, streaming: bool,
+              websocket: bool) -> bool:
     """Send the request, relay the response. True when ``sock`` can be pooled."""
     uploader = None
     try:
@@ -219,11 +230,9 @@ def _exchange(ex: Exchange, sock, head: bytes, streaming: bool, websocket: bool)
         # Only this greenlet uses the socket now: its reads get a cheap deadline
         # instead of the socket's timeout (``deadline``); the pool sets it back.
         sock.settimeout(None)
-    reader = ResponseReader(ex.conn.rt.limits.header_bytes, ex.req.method == "HEAD")
     try:
         return _relay(ex, sock, reader, websocket)
     finally:
-        reader.release()
         if uploader is not None:
             uploader.kill()  # a no-op when the body was sent; else the response won
 

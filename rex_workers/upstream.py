@@ -111,13 +111,20 @@ def _literal(host: str, port: int) -> list | None:
 
 
 class ConnectionPool:
+    """Idle keep-alive connections per upstream, each with what its user keeps beside it.
+
+    The proxy keeps the connection's response reader there (``state``), as an
+    HTTP client keeps one parser per connection; the pool only hands it back.
+    """
+
     def __init__(self, resolver: Resolver | None = None) -> None:
-        self._idle: dict[str, list[tuple[float, socket.socket]]] = {}
+        self._idle: dict[str, list[tuple[float, socket.socket, object]]] = {}
         self._resolver = resolver or Resolver()
         self._tls = None
 
     def get(self, up: Upstream, connect_timeout: float, *, fresh: bool = False):
-        """``(socket, reused)``: an idle pooled connection (``reused`` True) or a new one.
+        """``(socket, reused, state)``: an idle pooled connection (``reused`` True)
+        with the state ``put`` beside it, or a new connection (state None).
 
         A pooled socket is peeked at first (one non-blocking syscall): one the
         upstream closed is dropped, and one holding bytes nobody asked for (sent
@@ -127,18 +134,18 @@ class ConnectionPool:
         idle = None if fresh else self._idle.get(up.key)
         now = time.monotonic()
         while idle:
-            since, sock = idle.pop()
+            since, sock, state = idle.pop()
             if now - since > IDLE_TIMEOUT or not _alive(sock):
                 sock.close()
                 continue
-            return sock, True
-        return self.connect(up, connect_timeout), False
+            return sock, True, state
+        return self.connect(up, connect_timeout), False, None
 
-    def put(self, up: Upstream, sock: socket.socket) -> None:
+    def put(self, up: Upstream, sock: socket.socket, state: object = None) -> None:
         idle = self._idle.setdefault(up.key, [])
         if len(idle) >= MAX_IDLE_PER_UPSTREAM:
             idle.pop(0)[1].close()
-        idle.append((time.monotonic(), sock))
+        idle.append((time.monotonic(), sock, state))
 
     def connect(self, up: Upstream, timeout: float) -> socket.socket:
         try:
@@ -178,7 +185,7 @@ class ConnectionPool:
 
     def close(self) -> None:
         for idle in self._idle.values():
-            for _since, sock in idle:
+            for _since, sock, _state in idle:
                 sock.close()
         self._idle.clear()
 

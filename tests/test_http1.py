@@ -270,3 +270,37 @@ def test_released_reader_is_freed_without_the_garbage_collector(make, data):
         assert kept() is None
     finally:
         gc.enable()
+
+
+def test_response_reader_is_reused_for_the_next_response_on_its_connection():
+    reader = ResponseReader(16384)
+    first = events(reader, b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nX-A: 1\r\n\r\nabc")
+    assert reader.reusable()
+    reader.reset()
+    second = events(reader, b"HTTP/1.1 404 Not Found\r\nTransfer-Encoding: chunked\r\n\r\n",
+                    b"2\r\nno\r\n0\r\nX-T: 1\r\n\r\n")
+    assert [(k, p if k != HEAD else p.status) for k, p in first] == [
+        (HEAD, 200), (BODY, b"abc"), (END, [])]
+    head = second[0][1]
+    assert (head.status, head.chunked, head.content_length, head.reason) == (
+        404, True, None, b"Not Found")
+    assert ("x-a" not in {k.lower() for k, _ in head.headers})  # nothing carried over
+    assert second[1:] == [(BODY, b"no"), (END, [(b"X-T", b"1")])]
+    assert reader.reusable() and not reader.leftover
+
+
+@pytest.mark.parametrize("data, head_request, reusable", [
+    (b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", False, True),
+    (b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n", False, True),
+    # HEAD: llhttp would wait for the announced body, so its state is not a new parser's.
+    (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", True, False),
+    (b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", True, True),
+    # Not at its end yet, or bytes after the end.
+    (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nab", False, False),
+    (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nabHTTP/1.1 200 OK\r\n", False, False),
+])
+def test_response_reader_is_reusable_only_where_llhttp_stands_at_a_new_response(
+        data, head_request, reusable):
+    reader = ResponseReader(16384, head_request)
+    events(reader, data)  # consumed, as the proxy does before it pools a connection
+    assert reader.reusable() is reusable

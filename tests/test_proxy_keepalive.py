@@ -56,11 +56,35 @@ def read_then_close(sock):
     recv_request(sock)
 
 
+BIG = b"b" * (300 * 1024)  # over proxy.PUMP_MIN: relayed raw, past the response parser
+SHAPES = {
+    b"/shapes/cl": b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-Shape: cl\r\n\r\nhello",
+    b"/shapes/chunked": (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+                         b"3\r\nabc\r\n0\r\nX-Sum: 3\r\n\r\n"),
+    b"/shapes/empty": b"HTTP/1.1 204 No Content\r\n\r\n",
+    b"/shapes/big": b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(BIG), BIG),
+}
+
+
+def shapes(sock):
+    """One keep-alive connection answering each path with its own framing."""
+    while True:
+        try:
+            head = recv_request(sock)
+        except ConnectionError:
+            return
+        method, path = head.split(b" ")[:2]
+        reply = SHAPES[path]
+        if method == b"HEAD":
+            reply = reply.partition(b"\r\n\r\n")[0] + b"\r\n\r\n"
+        sock.sendall(reply)
+
+
 @pytest.fixture(scope="module")
 def site(rex_module, upstream_module):
     raw = upstream_module.raw
     ups = {"ka": raw(keep_alive), "fin": raw(answer_then_close), "rst": raw(answer_then_reset),
-           "bad": raw(read_then_close), "good": upstream_module()}
+           "bad": raw(read_then_close), "good": upstream_module(), "shapes": raw(shapes)}
     port = free_port()
     rex_module.write(f"""\
 server:
@@ -71,6 +95,7 @@ server:
         - {{path: /ka, destination: "{ups['ka'].url}"}}
         - {{path: /fin, destination: "{ups['fin'].url}"}}
         - {{path: /rst, destination: "{ups['rst'].url}"}}
+        - {{path: /shapes, destination: "{ups['shapes'].url}"}}
         - path: /pair
           destination:
             - {{url: "{ups['bad'].url}", max_fails: 0}}
@@ -167,6 +192,33 @@ def test_upstream_connection_is_reused_across_client_connections(site):
     for _ in range(5):
         assert get(port, "/ka").body == b"ok"
     assert ups["ka"].connections - before <= 1
+
+
+def test_one_pooled_connection_carries_responses_of_every_framing(site):
+    # Each pooled connection keeps its response parser for the next response
+    # (when the parser saw the last one to its end): whatever came before, the
+    # next response must parse as if on a new connection.
+    port, ups = site
+    up = ups["shapes"]
+    before = up.connections
+    with connect(port) as s:
+        f = s.makefile("rb")
+        for _ in range(2):
+            for method, path in [("GET", "/shapes/cl"), ("GET", "/shapes/chunked"),
+                                 ("HEAD", "/shapes/cl"), ("GET", "/shapes/empty"),
+                                 ("HEAD", "/shapes/big"), ("GET", "/shapes/cl"),
+                                 ("GET", "/shapes/big"), ("GET", "/shapes/chunked")]:
+                s.sendall(f"{method} {path} HTTP/1.1\r\nHost: a\r\n\r\n".encode())
+                reply = read_reply(f, head_request=method == "HEAD")
+                shape = path.rsplit("/", 1)[1]
+                want = {"cl": b"hello", "chunked": b"abc", "empty": b"", "big": BIG}[shape]
+                assert reply.status == (204 if shape == "empty" else 200), (method, path)
+                assert reply.body == (b"" if method == "HEAD" else want), (method, path)
+                if shape == "chunked":
+                    assert reply.trailers == b"X-Sum: 3\r\n"
+                if method == "HEAD" and shape in ("cl", "big"):
+                    assert reply.headers["content-length"] == str(len(want))
+    assert up.connections - before == 1  # all of it over one upstream connection
 
 
 @pytest.mark.parametrize("kind", ["fin", "rst"])
