@@ -179,9 +179,8 @@ class ClientConn:
                 timeout = timeouts.idle
                 # Between requests nothing parsed is pending: let the parser go
                 # (the locals too, or they keep it alive through the wait).
-                if reader is not None:
-                    reader.release()
-                self.reader = reader = events = None
+                self._drop_reader()
+                reader = events = None
             if timeout <= 0 or not self._recv_into_reader(timeout):
                 if in_head:
                     self._error_without_request(HTTPError("request head took too long", 408))
@@ -328,10 +327,13 @@ class ClientConn:
         self.sock.settimeout(self.rt.timeouts.read)
         send_all(self.sock, data)
 
-    def _close(self) -> None:
+    def _drop_reader(self) -> None:
         if self.reader is not None:
-            self.reader.release()
+            self.reader.release()  # no cycle left for the garbage collector
             self.reader = None
+
+    def _close(self) -> None:
+        self._drop_reader()
         sock = self.sock
         if self._linger:
             try:

@@ -294,6 +294,8 @@ class ResponseReader(Reader):
         if self._info:  # the end of a 1xx: the real response follows
             self._info = False
             return
+        # For HEAD, ``done`` came at the head (our doing); llhttp getting here too
+        # means the body the head announced was empty, so it is at a new response.
         if not self.done or self._head_request:
             self.complete = True
         self._finish()
