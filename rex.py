@@ -53,17 +53,24 @@ import time
 import traceback
 from dataclasses import replace
 
-from rex_workers import registry, reports
-from rex_workers.admin import AdminServer
-from rex_workers.daemon import MasterLog, daemonize, notify_systemd, set_title, tell, wait_report
-from rex_workers.exposition import CONTENT_TYPE, Retired
-from rex_workers.listeners import BindError, Listeners, raise_nofile
-from rex_workers.metrics import Layout, MetricsTable, Shared, probe_targets
-from rex_workers.model import Config
-from rex_workers.scoreboard import BOOTING, DRAINING, FAILED, READY, Scoreboard
-from rex_workers.sharedhealth import HealthTable
-from rex_workers.supervise import Backoff, ConfigWatch, Generation, Proc, describe_exit, urls
-from rex_workers.tls import certificate_problem
+from rex_workers.config.model import Config
+from rex_workers.master import registry, reports
+from rex_workers.master.admin import AdminServer
+from rex_workers.master.daemon import (
+    MasterLog,
+    daemonize,
+    notify_systemd,
+    set_title,
+    tell,
+    wait_report,
+)
+from rex_workers.master.exposition import CONTENT_TYPE, Retired
+from rex_workers.master.listeners import BindError, Listeners, raise_nofile
+from rex_workers.master.supervise import Backoff, ConfigWatch, Generation, Proc, describe_exit, urls
+from rex_workers.serve.tls import certificate_problem
+from rex_workers.shared.metrics import Layout, MetricsTable, Shared, probe_targets
+from rex_workers.shared.scoreboard import BOOTING, DRAINING, FAILED, READY, Scoreboard
+from rex_workers.shared.sharedhealth import HealthTable
 
 __version__ = "0.1.0"
 
@@ -116,7 +123,7 @@ def active_config() -> str:
 
 def load(path: str):
     """Load and validate ``path``; config errors become RexError(code 2)."""
-    from rex_workers.config import ConfigError, load_config
+    from rex_workers.config.loader import ConfigError, load_config
 
     try:
         return load_config(path)
@@ -160,7 +167,7 @@ class Arbiter:
         self.status_states: list = []
 
     def _new_generation(self, config: Config) -> Generation:
-        from rex_workers.routing import listeners
+        from rex_workers.config.routing import listeners
 
         if config.reuse_port != self.listeners.reuse_port:
             raise RexError("reuse_port cannot change on reload: restart rex to switch it")
@@ -458,7 +465,7 @@ class Arbiter:
         drop = [self.pipe_r, self.pipe_w, self.notify]
         drop += self.admin.sockets() if self.admin else []
         drop += [s for s in self.listeners.sockets.values() if s not in sockets.values()]
-        from rex_workers.worker import main
+        from rex_workers.serve.worker import main
 
         main(gen.config, gen.vhosts, sockets, self.board.writer(slot), worker_id=wid,
              generation=gen.number, master_pid=self.pid, log_path=self.log.path, drop=drop,

@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from setuptools import setup
+from setuptools import find_packages, setup
 
 setup(
     name="rex-proxy",
@@ -12,7 +12,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     py_modules=["rex"],
-    packages=["rex_workers", "rex_static", "rex_conf"],
+    packages=[*find_packages(include=["rex_workers", "rex_workers.*", "rex_static"]), "rex_conf"],
     # conf/ is the starter config, pages and examples; shipped as the package
     # `rex_conf` so a wheel install has them (read with importlib.resources).
     package_dir={"rex_conf": "conf"},

@@ -55,8 +55,8 @@ def probe_paths(count: int, how_many: int = PATHS_PER_TABLE, seed: int = SEED) -
 
 def _build(count: int) -> Callable[[str, str], object]:
     """A compiled table's ``match``; imported late so a missing module is one clear error."""
-    model = importlib.import_module("rex_workers.model")
-    routing = importlib.import_module("rex_workers.routing")
+    model = importlib.import_module("rex_workers.config.model")
+    routing = importlib.import_module("rex_workers.config.routing")
     upstream = model.Upstream(url="http://127.0.0.1:9", scheme="http", host="127.0.0.1", port=9)
     routes = [model.Route(path=p, index=i, upstreams=(upstream,))
               for i, p in enumerate(patterns(count))]

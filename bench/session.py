@@ -192,7 +192,7 @@ class Session:
             f"route match {large} vs {small}", "x", None, None, results.routes.ratio,
             str(ROUTES_TARGET), report.verdict(ROUTES_TARGET, results.routes.ratio),
             note=f"{cost[small]:,.0f} ns per match with {small} routes, "
-                 f"{cost[large]:,.0f} ns with {large} (rex_workers.routing.RouteTable)"))
+                 f"{cost[large]:,.0f} ns with {large} (rex_workers.config.routing.RouteTable)"))
 
     def _meta(self, calibrate: bool) -> dict:
         return {

@@ -17,7 +17,7 @@ from urllib.parse import quote
 from .resolve import inside
 
 if TYPE_CHECKING:
-    from rex_workers.model import StaticOptions
+    from rex_workers.config.model import StaticOptions
 
 
 def scan(real_dir: str, root: str, opts: StaticOptions) -> list[tuple[str, bool]]:

@@ -28,7 +28,7 @@ from urllib.parse import quote, unquote_to_bytes
 from .negotiate import accepts_html
 
 if TYPE_CHECKING:
-    from rex_workers.model import StaticOptions
+    from rex_workers.config.model import StaticOptions
 
 FILE, DIR, OTHER, DENIED = "file", "dir", "other", "denied"
 FORBIDDEN = 403

@@ -20,7 +20,7 @@ import socket
 import gevent
 from gevent.socket import wait_write
 
-from rex_workers.wire import send_all
+from rex_workers.http.wire import send_all
 
 COPY_BLOCK = 256 * 1024
 # Bytes sent without ever waiting before other greenlets get a turn: a fast

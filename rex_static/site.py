@@ -20,8 +20,8 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from rex_workers import pages
-from rex_workers.wire import send_all
+from rex_workers.http import pages
+from rex_workers.http.wire import send_all
 
 from . import listing
 from .cache import TTLCache
@@ -49,8 +49,8 @@ from .resolve import (
 from .sendfile import send_file, send_head
 
 if TYPE_CHECKING:
-    from rex_workers.model import StaticOptions
-    from rex_workers.request import Request
+    from rex_workers.config.model import StaticOptions
+    from rex_workers.http.request import Request
 
 # Metadata may be this many seconds old: a changed file is seen within a
 # second, while a hot path costs one resolution per second, not per request.

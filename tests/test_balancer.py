@@ -16,10 +16,10 @@ from http.server import BaseHTTPRequestHandler
 import pytest
 from conftest import free_port
 
-from rex_workers.balancer import BALANCERS, RING_POINTS, UpstreamGroup
-from rex_workers.health import ActiveCheckState, PassiveHealth
-from rex_workers.healthcheck import probe, request_bytes
-from rex_workers.model import HealthCheck, Upstream
+from rex_workers.config.model import HealthCheck, Upstream
+from rex_workers.proxy.balancer import BALANCERS, RING_POINTS, UpstreamGroup
+from rex_workers.proxy.health import ActiveCheckState, PassiveHealth
+from rex_workers.proxy.healthcheck import probe, request_bytes
 
 
 class Clock:

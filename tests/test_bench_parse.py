@@ -192,7 +192,7 @@ def test_route_probes_hit_the_table_they_were_made_for():
 
 
 def test_rex_configs_are_what_rex_accepts(tmp_path):
-    from rex_workers.config import load_config
+    from rex_workers.config.loader import load_config
 
     proxy_path, static_path = tmp_path / "proxy.yaml", tmp_path / "static.yaml"
     proxy_path.write_text(configs.rex_proxy(18001, 18003))

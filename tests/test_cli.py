@@ -178,5 +178,6 @@ def test_wheel_ships_the_starter_files(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     for expected in ("rex.py", "rex_conf/rex.config.yaml", "rex_conf/public/index.html",
                      "rex_conf/pages/welcome.html", "rex_conf/pages/502.html",
-                     "rex_workers/worker.py", "rex_static/__init__.py"):
+                     "rex_workers/serve/worker.py", "rex_workers/config/model.py",
+                     "rex_static/__init__.py"):
         assert expected in names, expected

@@ -21,15 +21,15 @@ from hypothesis import HealthCheck as Health
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rex_workers.config import (
+from rex_workers.config.loader import (
     ConfigError,
     config_digest,
     default_config,
     load_config,
     parse_destination,
 )
-from rex_workers.model import Config, HealthCheck, Timeouts, Upstream
-from rex_workers.schema import SCHEMA
+from rex_workers.config.model import Config, HealthCheck, Timeouts, Upstream
+from rex_workers.config.schema import SCHEMA
 
 CONFIGS = Path(__file__).parent / "configs"
 VALID_DIR = CONFIGS / "valid"
@@ -279,7 +279,7 @@ def test_digest_follows_the_bytes(tmp_path: Path) -> None:
 
 def test_loading_a_config_imports_no_gevent() -> None:
     # the master validates configs and must stay free of gevent (SPEC §1)
-    code = ("import sys; from rex_workers.config import load_config; "
+    code = ("import sys; from rex_workers.config.loader import load_config; "
             f"load_config({str(VALID_DIR / 'full.yaml')!r}); "
             "assert 'gevent' not in sys.modules, 'gevent imported'")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parent.parent)

@@ -1,4 +1,4 @@
-"""rex_workers.deadline: a socket wait with a deadline ends in TimeoutError, and only it."""
+"""rex_workers.http.deadline: a socket wait with a deadline ends in TimeoutError, and only it."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import gevent
 import pytest
 from gevent import socket
 
-from rex_workers import deadline
+from rex_workers.http import deadline
 
 
 @pytest.fixture

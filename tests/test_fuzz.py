@@ -57,13 +57,13 @@ from rex_static.resolve import (
     raw_path_problem,
     resolve,
 )
-from rex_workers import framing
-from rex_workers.framing import BODY, END, HEAD, UPGRADE
-from rex_workers.http1 import RequestReader
-from rex_workers.model import Route, StaticOptions
-from rex_workers.request import HTTPError, Request
-from rex_workers.routing import RouteTable
-from rex_workers.urlpath import PATH_SAFE, normalize, rewrite
+from rex_workers.config.model import Route, StaticOptions
+from rex_workers.config.routing import RouteTable
+from rex_workers.http import framing
+from rex_workers.http.framing import BODY, END, HEAD, UPGRADE
+from rex_workers.http.http1 import RequestReader
+from rex_workers.http.request import HTTPError, Request
+from rex_workers.http.urlpath import PATH_SAFE, normalize, rewrite
 
 EXAMPLES = int(os.environ.get("REX_FUZZ_EXAMPLES", "0"))
 # A protocol error is raised by ``feed`` or queued as a FAIL event after the

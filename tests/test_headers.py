@@ -1,13 +1,13 @@
-"""Unit tests of rex_workers.headers: header policy on plain data."""
+"""Unit tests of rex_workers.proxy.headers: header policy on plain data."""
 
 from __future__ import annotations
 
 import pytest
 
-from rex_workers import headers
-from rex_workers.http1 import Response
-from rex_workers.model import Upstream
-from rex_workers.request import Request
+from rex_workers.config.model import Upstream
+from rex_workers.http.http1 import Response
+from rex_workers.http.request import Request
+from rex_workers.proxy import headers
 
 UP = Upstream(url="http://10.1.1.1:3000", scheme="http", host="10.1.1.1", port=3000)
 UP_BASE = Upstream(url="http://app:3000/v2", scheme="http", host="app", port=3000,

@@ -1,4 +1,4 @@
-"""Unit tests of rex_workers.http1: bytes in, events or HTTPError out (no sockets)."""
+"""Unit tests of rex_workers.http.http1: bytes in, events or HTTPError out (no sockets)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import weakref
 
 import pytest
 
-from rex_workers.http1 import (
+from rex_workers.http.http1 import (
     BODY,
     END,
     FAIL,
@@ -17,7 +17,7 @@ from rex_workers.http1 import (
     RequestReader,
     ResponseReader,
 )
-from rex_workers.request import HTTPError
+from rex_workers.http.request import HTTPError
 
 
 def events(reader, *pieces: bytes) -> list:
@@ -241,7 +241,7 @@ def test_upstream_upgrade_returns_tunnel_bytes():
 
 
 def test_paths_in_log_lines_are_plain_or_escaped():
-    from rex_workers.request import printable
+    from rex_workers.http.request import printable
 
     assert printable(b"/api/cart?x=1") == "/api/cart?x=1"
     assert printable(b"/\x1b[31mred") == "/\\x1b[31mred"  # no terminal escapes in logs

@@ -19,8 +19,8 @@ import pytest
 from conftest import free_port, wait_for
 from lb_servers import CLOSE, READ_CLOSE, Backend, BlackHole
 
-from rex_workers.balancer import UpstreamGroup
-from rex_workers.schema import parse_destination
+from rex_workers.config.schema import parse_destination
+from rex_workers.proxy.balancer import UpstreamGroup
 
 WEIGHTED = ("round_robin", "weighted", "least_conn", "random")
 FAIL_TIMEOUT = 1.0  # seconds a failed upstream of /backup stays out

@@ -8,9 +8,8 @@ import random
 import signal
 import time
 
-from rex_workers import registry
-from rex_workers.scoreboard import DRAINING, FAILED, READY, REASON_MAX, Scoreboard
-from rex_workers.supervise import (
+from rex_workers.master import registry
+from rex_workers.master.supervise import (
     DEBOUNCE,
     EARLY_DEATH,
     MAX_BACKOFF,
@@ -19,6 +18,7 @@ from rex_workers.supervise import (
     backoff_delay,
     describe_exit,
 )
+from rex_workers.shared.scoreboard import DRAINING, FAILED, READY, REASON_MAX, Scoreboard
 
 
 def test_backoff_replaces_at_once_then_doubles_with_jitter_up_to_a_cap():

@@ -11,9 +11,9 @@ import textwrap
 
 from conftest import free_port, read_reply, wait_for
 
-from rex_workers.config import load_config
-from rex_workers.exposition import Exposition, Retired, sum_counters
-from rex_workers.metrics import REQUEST_WIDTH, Layout, MetricsTable, Recorder
+from rex_workers.config.loader import load_config
+from rex_workers.master.exposition import Exposition, Retired, sum_counters
+from rex_workers.shared.metrics import REQUEST_WIDTH, Layout, MetricsTable, Recorder
 
 CONFIG = """\
 server:

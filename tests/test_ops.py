@@ -23,7 +23,7 @@ from conftest import free_port, port_open, read_reply, wait_for
 from test_master import get, site
 
 import rex as rex_cli
-from rex_workers.config import load_config
+from rex_workers.config.loader import load_config
 
 # The master's lines on stderr: "2026-05-02 10:31:07 [info] rex[4711]: message".
 MASTER_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d \[(info|error)\] rex\[(\d+)\]: (.*)$")

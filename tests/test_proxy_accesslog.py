@@ -80,8 +80,8 @@ def test_json_format(rex, upstream):
 
 
 def test_a_failing_access_log_is_reported_once_and_costs_only_lines(tmp_path):
-    from rex_workers.accesslog import Log
-    from rex_workers.model import Logging
+    from rex_workers.config.model import Logging
+    from rex_workers.serve.accesslog import Log
 
     errors = tmp_path / "error.log"
     log = Log(Logging(access="/dev/full", error=str(errors)), "[worker 1] ")
@@ -93,8 +93,8 @@ def test_a_failing_access_log_is_reported_once_and_costs_only_lines(tmp_path):
 
 
 def test_log_level_leaves_out_lower_lines(tmp_path):
-    from rex_workers.accesslog import Log
-    from rex_workers.model import Logging
+    from rex_workers.config.model import Logging
+    from rex_workers.serve.accesslog import Log
 
     errors = tmp_path / "error.log"
     log = Log(Logging(access=None, error=str(errors), level="warning"))

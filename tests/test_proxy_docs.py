@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from rex_workers.config import load_config
-from rex_workers.model import Limits, Timeouts
+from rex_workers.config.loader import load_config
+from rex_workers.config.model import Limits, Timeouts
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "proxying.md"
 EXAMPLES = re.findall(r"```yaml\n(.*?)```", DOC.read_text(), re.S)

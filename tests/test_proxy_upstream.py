@@ -8,7 +8,7 @@ import urllib.request
 
 from conftest import free_port
 
-from rex_workers.upstream import Resolver
+from rex_workers.proxy.upstream import Resolver
 
 
 class FakeDNS:

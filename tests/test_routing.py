@@ -1,11 +1,11 @@
-"""rex_workers.routing: the compiled route table and virtual hosts (SPEC §4)."""
+"""rex_workers.config.routing: the compiled route table and virtual hosts (SPEC §4)."""
 
 from __future__ import annotations
 
 import pytest
 
-from rex_workers.model import Config, Instance, Route
-from rex_workers.routing import Match, RouteTable, VirtualHosts, listeners, pattern_error
+from rex_workers.config.model import Config, Instance, Route
+from rex_workers.config.routing import Match, RouteTable, VirtualHosts, listeners, pattern_error
 
 
 def table(*patterns: str | Route) -> RouteTable:

@@ -21,10 +21,10 @@ import httptools
 from gevent.server import StreamServer
 
 from rex_static import StaticSite
-from rex_workers import pages
-from rex_workers.model import StaticOptions
-from rex_workers.request import HTTPError, Request
-from rex_workers.urlpath import normalize
+from rex_workers.config.model import StaticOptions
+from rex_workers.http import pages
+from rex_workers.http.request import HTTPError, Request
+from rex_workers.http.urlpath import normalize
 
 
 def naive_path(raw_path: bytes) -> str:

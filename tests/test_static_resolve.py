@@ -22,7 +22,7 @@ from rex_static.resolve import (
     resolve,
     visible_segments,
 )
-from rex_workers.model import StaticOptions
+from rex_workers.config.model import StaticOptions
 
 ROOT = "/srv/www"
 

@@ -13,7 +13,7 @@ import trustme
 from test_static_harness import Client, StaticServer, get
 
 from rex_static import sendfile as rex_sendfile
-from rex_workers.model import StaticOptions
+from rex_workers.config.model import StaticOptions
 
 BIG = 1024 * 1024 + 17  # above the in-memory limit: goes out with sendfile
 
@@ -219,7 +219,7 @@ def test_not_ours_for_other_methods(serve, public):
 
 
 def _request(method: str, raw_path: bytes):
-    from rex_workers.request import Request
+    from rex_workers.http.request import Request
 
     return Request(method=method, target=raw_path, path=raw_path.decode(), query=b"",
                    version="1.1", headers=[], raw_path=raw_path)

@@ -13,9 +13,9 @@ import os
 import pytest
 from test_static_harness import Client, StaticServer, get, naive_path
 
-from rex_workers.model import StaticOptions
-from rex_workers.request import Request
-from rex_workers.urlpath import normalize
+from rex_workers.config.model import StaticOptions
+from rex_workers.http.request import Request
+from rex_workers.http.urlpath import normalize
 
 CANARY = b"CANARY-d41d8cd98f00"
 

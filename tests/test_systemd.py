@@ -25,7 +25,7 @@ from conftest import ROOT, free_port, port_open, wait_for
 from test_master import BROKEN_APP, get, site
 
 import rex as rex_cli
-from rex_workers.model import Config
+from rex_workers.config.model import Config
 
 UNIT = ROOT / "conf" / "systemd" / "rex.service"
 UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid

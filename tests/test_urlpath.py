@@ -1,4 +1,4 @@
-"""rex_workers.urlpath: what a request path means, and what goes upstream."""
+"""rex_workers.http.urlpath: what a request path means, and what goes upstream."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from rex_workers.request import HTTPError
-from rex_workers.urlpath import PATH_SAFE, normalize, rewrite
+from rex_workers.http.request import HTTPError
+from rex_workers.http.urlpath import PATH_SAFE, normalize, rewrite
 
 NORMALIZED = [
     # raw path, what routing matches

@@ -17,15 +17,15 @@ import pytest
 import yaml
 from conftest import ROOT
 
-from rex_workers.config import load_config
-from rex_workers.model import Config, Instance, Route
-from rex_workers.request import HTTPError, Request
-from rex_workers.wsgi import WSGIApps
-from rex_workers.wsgi_environ import build_environ, header_vars, split_path, url_scheme, wsgi_str
-from rex_workers.wsgi_files import FileWrapper
-from rex_workers.wsgi_input import ErrorStream, Input
-from rex_workers.wsgi_load import WSGILoadError, extend_sys_path, load_app, load_route_app
-from rex_workers.wsgi_response import (
+from rex_workers.config.loader import load_config
+from rex_workers.config.model import Config, Instance, Route
+from rex_workers.http.request import HTTPError, Request
+from rex_workers.wsgi.environ import build_environ, header_vars, split_path, url_scheme, wsgi_str
+from rex_workers.wsgi.files import FileWrapper
+from rex_workers.wsgi.host import WSGIApps
+from rex_workers.wsgi.input import ErrorStream, Input
+from rex_workers.wsgi.load import WSGILoadError, extend_sys_path, load_app, load_route_app
+from rex_workers.wsgi.response import (
     CHUNKED,
     CLOSE,
     LENGTH,
@@ -474,8 +474,8 @@ def pread_pump(conn: FakeConn):
 
 def test_wrapped_file_goes_to_the_pump_from_its_position(tmp_path, monkeypatch):
     conn = FakeConn()
-    monkeypatch.setattr("rex_workers.wsgi.send_file", pread_pump(conn))
-    monkeypatch.setattr("rex_workers.wsgi.send_head", lambda sock, head, file_follows:
+    monkeypatch.setattr("rex_workers.wsgi.host.send_file", pread_pump(conn))
+    monkeypatch.setattr("rex_workers.wsgi.host.send_head", lambda sock, head, file_follows:
                         conn.out.extend(head))
     path = tmp_path / "f"
     path.write_bytes(b"0123456789")
@@ -486,8 +486,8 @@ def test_wrapped_file_goes_to_the_pump_from_its_position(tmp_path, monkeypatch):
 
 def test_wrapped_file_shorter_than_announced_closes_the_connection(tmp_path, monkeypatch):
     conn = FakeConn()
-    monkeypatch.setattr("rex_workers.wsgi.send_file", lambda sock, fd, offset, count: count - 1)
-    monkeypatch.setattr("rex_workers.wsgi.send_head", lambda *args, **kw: None)
+    monkeypatch.setattr("rex_workers.wsgi.host.send_file", lambda sock, fd, offset, count: count - 1)
+    monkeypatch.setattr("rex_workers.wsgi.host.send_head", lambda *args, **kw: None)
     path = tmp_path / "f"
     path.write_bytes(b"0123456789")
     _, result = serve(file_app(path), conn=conn)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from .pages import reason
+from ..http.pages import reason
 
 # RFC 9110 §7.6.1: these describe one connection, and that connection is
 # Rex's to manage; PEP 3333 forbids apps to send them. Transfer-Encoding is

@@ -13,8 +13,8 @@ import os
 import sys
 import time
 
-from .model import Logging
-from .request import Request
+from ..config.model import Logging
+from ..http.request import Request
 
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 

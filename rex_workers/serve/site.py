@@ -11,14 +11,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from . import pages
-from .balancer import UpstreamGroup
-from .model import Instance, Route, Timeouts
-from .request import HTTPError, Request
-from .routing import RouteTable, VirtualHosts
+from ..config.model import Instance, Route, Timeouts
+from ..config.routing import RouteTable, VirtualHosts
+from ..http import pages
+from ..http.request import HTTPError, Request
+from ..proxy.balancer import UpstreamGroup
 
 if TYPE_CHECKING:
-    from .handler import ClientConn
+    from .conn import ClientConn
     from .runtime import Runtime
 
 

@@ -29,11 +29,11 @@ import gevent
 import gevent.event
 import gevent.socket
 
-from .daemon import set_title
-from .metrics import Shared
-from .model import Config
-from .routing import VirtualHosts
-from .scoreboard import BOOT_FAILED, DRAINING, READY, SlotWriter
+from ..config.model import Config
+from ..config.routing import VirtualHosts
+from ..master.daemon import set_title
+from ..shared.metrics import Shared
+from ..shared.scoreboard import BOOT_FAILED, DRAINING, READY, SlotWriter
 
 # A keep-alive connection that is idle when the drain starts may be a client
 # that has just read a response and is about to send its next request. Closing
@@ -116,8 +116,8 @@ class Worker:
         from gevent.server import StreamServer
         from gevent.ssl import SSLContext
 
+        from ..proxy.prober import HealthSharing
         from .accept import Entry
-        from .prober import HealthSharing
         from .runtime import Runtime
         from .tls import listener_context
 

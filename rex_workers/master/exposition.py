@@ -18,7 +18,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
-from .metrics import (
+from ..shared.metrics import (
     BODY_BYTES,
     BUCKETS,
     GAUGES,

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .model import Config
+    from ..config.model import Config
 
 App = Callable[[dict, Callable], Iterable[bytes]]
 

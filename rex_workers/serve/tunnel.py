@@ -11,16 +11,16 @@ from typing import TYPE_CHECKING
 
 import gevent
 
-from . import headers
-from .http1 import UPGRADE
-from .upstream import shutdown
-from .wire import send_all
+from ..http.http1 import UPGRADE
+from ..http.wire import send_all
+from ..proxy import headers
+from ..proxy.upstream import shutdown
 
 if TYPE_CHECKING:
     from collections import deque
 
-    from .http1 import Response
-    from .proxy import Exchange
+    from ..http.http1 import Response
+    from ..proxy.exchange import Exchange
 
 READ_SIZE = 65536
 

@@ -15,9 +15,9 @@ import signal
 import time
 from dataclasses import dataclass
 
-from .metrics import MetricsTable
-from .model import Config
-from .sharedhealth import HealthTable
+from ..config.model import Config
+from ..shared.metrics import MetricsTable
+from ..shared.sharedhealth import HealthTable
 
 EARLY_DEATH = 5.0  # a worker dying younger than this counts towards its backoff
 BACKOFF_BASE, MAX_BACKOFF = 0.1, 30.0

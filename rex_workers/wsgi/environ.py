@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from .request import Request
+from ..http.request import Request
 
 # X-Forwarded-* from an untrusted client are dropped, as the proxy does for
 # upstreams (SPEC §5): an app behind Rex must be able to believe them.

@@ -17,11 +17,11 @@ import gevent
 import gevent.socket
 import gevent.ssl
 
+from ..config.model import Route
+from ..shared.sharedhealth import HealthTable
 from .balancer import UpstreamGroup
 from .health import ActiveCheckState
 from .healthcheck import probe
-from .model import Route
-from .sharedhealth import HealthTable
 
 MIN_PERIOD = 0.05  # seconds: the fastest the verdicts are re-read, whatever the intervals
 

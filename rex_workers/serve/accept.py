@@ -19,8 +19,8 @@ import ssl
 import struct
 from typing import TYPE_CHECKING
 
-from .handler import ClientConn
-from .metrics import CONNECTIONS, HANDSHAKE_FAILURES, RECEIVED, SENT
+from ..shared.metrics import CONNECTIONS, HANDSHAKE_FAILURES, RECEIVED, SENT
+from .conn import ClientConn
 from .tls import PLAIN_HTTP_REPLY, is_plain_http
 
 if TYPE_CHECKING:

@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 import cerberus
 from cerberus import errors
 
-from rex_workers.model import Upstream
+from .model import Upstream
 
 DEFAULT_PORTS = {"http": 80, "https": 443}
 BALANCERS = ("round_robin", "weighted", "least_conn", "ip_hash", "random")

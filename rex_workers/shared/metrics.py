@@ -24,7 +24,7 @@ from bisect import bisect_left
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from .model import Config, HealthCheck, Route, Upstream
+from ..config.model import Config, HealthCheck, Route, Upstream
 
 if TYPE_CHECKING:
     from .sharedhealth import HealthTable

@@ -17,10 +17,10 @@ import ssl
 import time
 from types import ModuleType
 
+from ..config.model import HealthCheck, Upstream
+from ..http.http1 import HEAD, ResponseReader
+from ..http.request import HTTPError
 from .headers import host_header
-from .http1 import HEAD, ResponseReader
-from .model import HealthCheck, Upstream
-from .request import HTTPError
 
 READ_SIZE = 4096
 HEAD_LIMIT = 16 * 1024  # a health endpoint with a bigger head is broken anyway

@@ -18,7 +18,7 @@ import time
 
 from gevent import socket
 
-from .model import Upstream
+from ..config.model import Upstream
 
 DNS_TTL = 5.0
 IDLE_TIMEOUT = 55.0  # below the 60 s many servers (gunicorn: 2 s!) use; stale ones are retried

@@ -13,7 +13,7 @@ from __future__ import annotations
 import ssl
 from collections.abc import Callable, Sequence
 
-from .model import TLS, Instance
+from ..config.model import TLS, Instance
 
 # Mozilla's "intermediate" TLS 1.2 suites: ECDHE/DHE key exchange (forward
 # secrecy) with AEAD ciphers only. TLS 1.3 suites are not set by set_ciphers

@@ -18,7 +18,7 @@ import mmap
 import struct
 import time
 
-from .model import HealthCheck, Upstream
+from ..config.model import HealthCheck, Upstream
 
 UNKNOWN, UP, DOWN = 0, 1, 2
 STATE_NAMES = {UNKNOWN: "unknown", UP: "up", DOWN: "down"}

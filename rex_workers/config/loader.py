@@ -15,7 +15,7 @@ from dataclasses import fields, replace
 
 import yaml
 
-from rex_workers.model import (
+from .model import (
     DEFAULT_HOST,
     TLS,
     Admin,
@@ -29,7 +29,7 @@ from rex_workers.model import (
     Timeouts,
     Upstream,
 )
-from rex_workers.schema import (
+from .schema import (
     SCHEMA,
     RexValidator,
     parse_destination,

@@ -21,13 +21,13 @@ from gevent.lock import BoundedSemaphore
 
 from rex_static.sendfile import send_file, send_head
 
-from . import pages
-from .request import HTTPError
-from .wsgi_environ import build_environ
-from .wsgi_files import FileWrapper
-from .wsgi_input import ErrorStream, Input
-from .wsgi_load import App, extend_sys_path, load_app, load_route_app
-from .wsgi_response import (
+from ..http import pages
+from ..http.request import HTTPError
+from .environ import build_environ
+from .files import FileWrapper
+from .input import ErrorStream, Input
+from .load import App, extend_sys_path, load_app, load_route_app
+from .response import (
     CHUNKED,
     LAST_CHUNK,
     LENGTH,
@@ -41,10 +41,10 @@ from .wsgi_response import (
 )
 
 if TYPE_CHECKING:
-    from .handler import ClientConn
-    from .model import Route
-    from .request import Request
-    from .runtime import Runtime
+    from ..config.model import Route
+    from ..http.request import Request
+    from ..serve.conn import ClientConn
+    from ..serve.runtime import Runtime
 
 _BIG = 65536  # chunks at least this long go out without being copied into one buffer
 

@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from hashlib import blake2b
 from typing import Protocol
 
+from ..config.model import Upstream
 from .health import PassiveHealth
-from .model import Upstream
 
 # Points on the ip_hash ring per unit of weight: ketama's and nginx's
 # `hash ... consistent` number, enough for shares within a few percent.

@@ -13,20 +13,20 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from ..config.model import Config
+from ..config.routing import VirtualHosts
+from ..proxy.balancer import UpstreamGroup
+from ..proxy.exchange import forward
+from ..proxy.headers import TrustedProxies
+from ..proxy.upstream import ConnectionPool
+from ..shared.metrics import NOT_ROUTED, Layout, Recorder, route_label
 from .accesslog import Log
-from .balancer import UpstreamGroup
-from .headers import TrustedProxies
-from .metrics import NOT_ROUTED, Layout, Recorder, route_label
-from .model import Config
-from .proxy import forward
-from .routing import VirtualHosts
 from .site import Listener, Target
-from .upstream import ConnectionPool
 
 if TYPE_CHECKING:
-    from .handler import ClientConn
-    from .model import Route
-    from .request import Request
+    from ..config.model import Route
+    from ..http.request import Request
+    from .conn import ClientConn
 
 __all__ = ["Runtime", "Target"]
 
@@ -68,7 +68,7 @@ class Runtime:
 
     def load_wsgi(self) -> None:
         """Import every WSGI app now, at boot, so a bad import fails the worker's start."""
-        from .wsgi import WSGIApps
+        from ..wsgi.host import WSGIApps
 
         self._wsgi = WSGIApps(self)
 

@@ -16,18 +16,19 @@ from urllib.parse import quote
 
 import gevent
 
-from . import deadline, headers, pages
-from .http1 import BODY, END, HEAD, INFO, ResponseReader
-from .request import HTTPError, Request, printable
-from .tunnel import tunnel
+from ..http import deadline, pages
+from ..http.http1 import BODY, END, HEAD, INFO, ResponseReader
+from ..http.request import HTTPError, Request, printable
+from ..http.urlpath import PATH_SAFE, rewrite
+from ..http.wire import send_all
+from ..serve.tunnel import tunnel
+from . import headers
 from .upstream import UpstreamError, abort
-from .urlpath import PATH_SAFE, rewrite
-from .wire import send_all
 
 if TYPE_CHECKING:
-    from .handler import ClientConn
-    from .model import Upstream
-    from .site import Target
+    from ..config.model import Upstream
+    from ..serve.conn import ClientConn
+    from ..serve.site import Target
 
 READ_SIZE = 65536
 # A Content-Length body with at least this much left is relayed raw (``_pump``):

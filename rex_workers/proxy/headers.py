@@ -12,11 +12,11 @@ import ipaddress
 from collections.abc import Callable, Sequence
 from functools import lru_cache
 
-from .http1 import Response
-from .model import Upstream
-from .pages import http_date
-from .pages import reason as reason_phrase
-from .request import Request
+from ..config.model import Upstream
+from ..http.http1 import Response
+from ..http.pages import http_date
+from ..http.pages import reason as reason_phrase
+from ..http.request import Request
 
 # RFC 9110 §7.6.1 plus the de-facto Proxy-Connection; Transfer-Encoding and
 # Content-Length are set by Rex from the parsed framing, never copied.

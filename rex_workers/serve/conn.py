@@ -13,13 +13,13 @@ import time
 import traceback
 from typing import TYPE_CHECKING
 
-from . import deadline, pages
-from .headers import is_websocket
-from .http1 import BODY, END, FAIL, HEAD, UPGRADE, RequestReader
-from .proxy import Abort
-from .request import HTTPError, Request, printable
-from .urlpath import normalize
-from .wire import send_all
+from ..http import deadline, pages
+from ..http.http1 import BODY, END, FAIL, HEAD, UPGRADE, RequestReader
+from ..http.request import HTTPError, Request, printable
+from ..http.urlpath import normalize
+from ..http.wire import send_all
+from ..proxy.exchange import Abort
+from ..proxy.headers import is_websocket
 
 if TYPE_CHECKING:
     from collections.abc import Iterator

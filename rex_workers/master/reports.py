@@ -15,8 +15,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+from ..shared.scoreboard import SlotInfo
 from .exposition import Exposition, sum_counters, upstream_states, upstream_summary
-from .scoreboard import SlotInfo
 from .supervise import Generation, Proc, urls
 
 
