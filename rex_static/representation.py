@@ -1,9 +1,10 @@
-"""One servable representation of a file, with its response header lines pre-built.
+"""One servable representation of a file, with its response header fields pre-built.
 
-Pure: from a stat result and the site's options to bytes. The header lines
+Pure: from a stat result and the site's options to header fields. The fields
 that never change while the file does not (validators, type, caching) are
-built once per file version and cached with it; only the status line,
-``Date``, the length and ``Connection`` are added per response.
+built once per file version and cached with it; only ``Server``, ``Date`` and
+``Content-Range`` are added per response (and the connection adds the length
+and framing).
 """
 
 from __future__ import annotations
@@ -11,13 +12,9 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from .conditional import Validators, http_date, make_etag
+from rex_workers.http.message import Header
 
-_STATUS_LINES = {
-    200: b"HTTP/1.1 200 OK\r\n",
-    206: b"HTTP/1.1 206 Partial Content\r\n",
-    304: b"HTTP/1.1 304 Not Modified\r\n",
-}
+from .conditional import Validators, http_date, make_etag
 
 _CODING_NAMES = {"br": b"br", "gzip": b"gzip"}
 
@@ -34,8 +31,8 @@ class Representation:
     vary: bool
     # RFC 9110 §15.4.5: a 304 carries the fields a cache must update
     # (ETag, Last-Modified, Cache-Control, Vary), not the content's metadata.
-    validator_lines: bytes
-    content_lines: bytes  # Content-Type, Content-Encoding, Accept-Ranges
+    validator_fields: list[Header]
+    content_fields: list[Header]  # Content-Type, Content-Encoding, Accept-Ranges
     content: bytes | None = None  # the whole body, for small files
 
     @property
@@ -50,16 +47,16 @@ def describe(real: str, st: os.stat_result, identity: tuple[int, int, int, int],
     # RFC 9110 §8.8.2.1: Last-Modified must not be later than the response's Date.
     mtime = min(int(st.st_mtime), int(now))
     etag = make_etag(st.st_mtime_ns, st.st_size, coding)
-    validators = [b"ETag: " + etag, b"Last-Modified: " + http_date(mtime)]
+    validators = [(b"ETag", etag), (b"Last-Modified", http_date(mtime))]
     if cache_control:
-        validators.append(b"Cache-Control: " + cache_control.encode("latin-1"))
+        validators.append((b"Cache-Control", cache_control.encode("latin-1")))
     if vary:
         # RFC 9110 §12.5.5: the body depends on Accept-Encoding, for every response.
-        validators.append(b"Vary: Accept-Encoding")
-    content = [b"Content-Type: " + content_type]
+        validators.append((b"Vary", b"Accept-Encoding"))
+    content = [(b"Content-Type", content_type)]
     if coding:
-        content.append(b"Content-Encoding: " + _CODING_NAMES[coding])
-    content.append(b"Accept-Ranges: bytes")
+        content.append((b"Content-Encoding", _CODING_NAMES[coding]))
+    content.append((b"Accept-Ranges", b"bytes"))
     return Representation(
         real=real,
         identity=identity,
@@ -67,25 +64,14 @@ def describe(real: str, st: os.stat_result, identity: tuple[int, int, int, int],
         coding=coding,
         validators=Validators(etag, mtime, st.st_size),
         vary=vary,
-        validator_lines=b"".join(line + b"\r\n" for line in validators),
-        content_lines=b"".join(line + b"\r\n" for line in content),
+        validator_fields=validators,
+        content_fields=content,
     )
 
 
-def head(status: int, lines: bytes, *, date: bytes, keep_alive: bool) -> bytes:
-    """A complete response head: status line, Server, Date, ``lines``, Connection."""
-    return b"".join((
-        _STATUS_LINES[status],
-        b"Server: rex\r\nDate: ", date, b"\r\n",
-        lines,
-        b"" if keep_alive else b"Connection: close\r\n",
-        b"\r\n",
-    ))
-
-
-def body_lines(rep: Representation, start: int, end: int, partial: bool) -> bytes:
-    """The header lines of a 200 or 206 carrying bytes ``[start, end)`` of ``rep``."""
-    lines = [rep.validator_lines, rep.content_lines, b"Content-Length: %d\r\n" % (end - start)]
+def body_fields(rep: Representation, start: int, end: int, partial: bool) -> list[Header]:
+    """The fields of a 200 or 206 carrying bytes ``[start, end)`` of ``rep``."""
+    fields = rep.validator_fields + rep.content_fields
     if partial:
-        lines.append(b"Content-Range: bytes %d-%d/%d\r\n" % (start, end - 1, rep.size))
-    return b"".join(lines)
+        fields.append((b"Content-Range", b"bytes %d-%d/%d" % (start, end - 1, rep.size)))
+    return fields

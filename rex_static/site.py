@@ -1,15 +1,17 @@
 """``StaticSite``: GET and HEAD for the files under one instance's ``public`` root.
 
-The one module of rex_static that writes responses. It asks the pure
-modules what to do (``resolve``: which file or refusal; ``negotiate``: which
-encoding; ``conditional``: which status and bytes), the file system for
-facts (``files``, ``listing``), and hands large bodies to the ``sendfile``
-pump. Small files (≤ ``SMALL_FILE``) and every file's header lines are kept
-in a short-lived cache, so a hot file costs no system call but the send.
+The one module of rex_static that makes responses. It asks the pure modules
+what to do (``resolve``: which file or refusal; ``negotiate``: which encoding;
+``conditional``: which status and bytes), the file system for facts
+(``files``, ``listing``), and hands each response to the request's stream:
+small bodies as bytes, large ones as a ``FileRegion`` the connection sends
+with sendfile (``sendfile.py``). Small files (≤ ``SMALL_FILE``) and every
+file's header fields are kept in a short-lived cache, so a hot file costs no
+system call but the send.
 
-The connection handler owns the request: its body, keep-alive, timeouts and
-the access log. ``handle`` and ``fallback`` each write one whole response or
-nothing (None: "not mine, try the routes").
+The connection owns the request: its body, framing, keep-alive, timeouts and
+the access log. ``handle`` and ``fallback`` each hand over one whole response
+and return True, or return False ("not mine, try the routes").
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from rex_workers.http import pages
-from rex_workers.http.wire import send_all
+from rex_workers.http.message import FileRegion, Response, Stream
 
 from . import listing
 from .cache import TTLCache
@@ -29,7 +31,7 @@ from .conditional import NOT_MODIFIED, NOT_SATISFIABLE, PARTIAL, Outcome, evalua
 from .files import EXHAUSTED, Changed, FileSystem, identity
 from .mime import content_type
 from .negotiate import SUFFIXES, choose_encoding
-from .representation import Representation, body_lines, describe, head
+from .representation import Representation, body_fields, describe
 from .resolve import (
     FILE,
     FORBIDDEN,
@@ -46,11 +48,9 @@ from .resolve import (
     raw_path_problem,
     resolve,
 )
-from .sendfile import send_file, send_head
 
 if TYPE_CHECKING:
     from rex_workers.config.model import StaticOptions
-    from rex_workers.http.request import Request
 
 # Metadata may be this many seconds old: a changed file is seen within a
 # second, while a hot path costs one resolution per second, not per request.
@@ -59,7 +59,6 @@ SMALL_FILE = 64 * 1024  # bodies up to this size are kept in memory and sent wit
 CACHE_ENTRIES = 4096
 CACHE_BYTES = 32 * 1024 * 1024  # per worker and site: the bodies of small files
 
-Result = tuple[int, int] | None
 _METHODS = ("GET", "HEAD")
 _FALLBACK_KEY = ("fallback",)  # cache key of the SPA document; paths are str, never tuples
 
@@ -96,42 +95,47 @@ class StaticSite:
         }
 
     # -- the two entry points -------------------------------------------------
-    def handle(self, sock, req: Request) -> Result:
-        """Answer a GET/HEAD from the files; None when there is no file for the path."""
+    def handle(self, stream: Stream) -> bool:
+        """Answer a GET/HEAD from the files; False when there is no file for the path."""
+        req = stream.request
         if req.method not in _METHODS:
-            return None
+            return False
         # req.path comes normalised from the handler; the raw path is checked
         # again here so that no single bug there can open the file system.
         problem = raw_path_problem(req.raw_path) or path_problem(req.path)
         if problem is not None:
-            return self._refuse(sock, req, Refuse(FORBIDDEN, problem), req.path)
+            self._refuse(stream, Refuse(FORBIDDEN, problem), req.path)
+            return True
         path = req.path
         try:
             decision = self._decide(path, lambda: resolve(self.root, path, self.opts,
                                                           self.fs.lookup))
         except OSError as exc:
-            return self._unavailable(sock, req, exc)
+            self._unavailable(stream, exc)
+            return True
         if decision is None:
-            return None
-        return self._responders[type(decision)](sock, req, decision, path)
+            return False
+        return self._responders[type(decision)](stream, decision, path) is not False
 
-    def fallback(self, sock, req: Request) -> Result:
-        """The SPA document for a client-side route nothing else answered, or None."""
+    def fallback(self, stream: Stream) -> bool:
+        """The SPA document for a client-side route nothing else answered, or False."""
+        req = stream.request
         name = self.opts.fallback
         if not name or req.method not in _METHODS:
-            return None
+            return False
         if not looks_like_client_route(req.path, req.header(b"accept")):
-            return None
+            return False
         if raw_path_problem(req.raw_path) or path_problem(req.path):
-            return None
+            return False
         try:
             decision = self._decide(_FALLBACK_KEY, lambda: fallback_file(
                 self.root, name, self.opts, self.fs.lookup))
         except OSError as exc:
-            return self._unavailable(sock, req, exc)
+            self._unavailable(stream, exc)
+            return True
         if not isinstance(decision, Target):
-            return None
-        return self._serve(sock, req, decision, _FALLBACK_KEY)
+            return False
+        return self._serve(stream, decision, _FALLBACK_KEY) is not False
 
     # -- deciding, with the cache --------------------------------------------------
     def _decide(self, key: Hashable, decide: Callable[[], Decision]) -> Decision | Target:
@@ -178,7 +182,10 @@ class StaticSite:
                         cache_control=self.opts.cache_control, vary=vary, now=time.time())
 
     # -- responses ---------------------------------------------------------------
-    def _serve(self, sock, req: Request, target: Target, key: Hashable) -> Result:
+    # Each hands one response to the stream; only ``_serve`` may return False
+    # (the file vanished since it was resolved: as if it never existed).
+    def _serve(self, stream: Stream, target: Target, key: Hashable) -> bool | None:
+        req = stream.request
         coding = None
         if len(target.variants) > 1:
             coding = choose_encoding(req.header(b"accept-encoding"), target.variants)
@@ -189,88 +196,68 @@ class StaticSite:
                 fd, st = self.fs.open_file(variant.node)
             except (Changed, OSError) as exc:
                 self.cache.discard(key)
-                return self._open_failed(sock, req, exc, key)
+                return self._open_failed(stream, exc)
             if identity(st) != rep.identity:
                 # Changed since it was cached: describe what we actually opened,
                 # so the head matches the bytes, and resolve afresh next time.
                 self.cache.discard(key)
                 rep = self._describe(variant.node, st, rep.content_type, rep.coding, rep.vary)
         try:
-            return self._send(sock, req, rep, evaluate(req.method, req.header, rep.validators),
-                              fd)
+            self._send(stream, rep, evaluate(req.method, req.header, rep.validators), fd)
         finally:
             if fd is not None:
                 os.close(fd)
+        return None
 
-    def _send(self, sock, req: Request, rep: Representation, outcome: Outcome,
-              fd: int | None) -> tuple[int, int]:
-        status, keep_alive = outcome.status, req.keep_alive
+    def _send(self, stream: Stream, rep: Representation, outcome: Outcome,
+              fd: int | None) -> None:
+        status = outcome.status
         if status == NOT_MODIFIED:
-            send_all(sock, head(NOT_MODIFIED, rep.validator_lines, date=pages.http_date(),
-                              keep_alive=keep_alive))
-            return NOT_MODIFIED, 0
+            stream.respond(Response(NOT_MODIFIED, pages.origin_fields() + rep.validator_fields,
+                                    b"", None))
+            return
         if status not in (200, PARTIAL):
             # 412, or 416 with the size the client should have asked within (§15.5.17).
             extra = (("Content-Range", f"bytes */{rep.size}"),) if status == NOT_SATISFIABLE \
                 else ()
-            return self._page(sock, req, status, extra)
-        lines = body_lines(rep, outcome.start, outcome.end, status == PARTIAL)
-        response_head = head(status, lines, date=pages.http_date(), keep_alive=keep_alive)
-        if req.method == "HEAD":
-            send_all(sock, response_head)
-            return status, 0
-        if rep.content is not None:
-            # One send for head and body: no second syscall, no Nagle delay.
+            stream.respond(pages.response(status, headers=extra))
+            return
+        fields = pages.origin_fields() + body_fields(rep, outcome.start, outcome.end,
+                                                     status == PARTIAL)
+        if stream.request.method == "HEAD":
+            body = b""
+        elif rep.content is not None:
             body = memoryview(rep.content)[outcome.start:outcome.end]
-            send_all(sock, b"".join((response_head, body)))
-            return status, outcome.length
-        send_head(sock, response_head, file_follows=outcome.length > 0)
-        sent = send_file(sock, fd, outcome.start, outcome.length)
-        if sent < outcome.length:
-            # Content-Length promised more than the file now holds: the only
-            # honest end is to close the connection (RFC 9112 §6.3 framing).
-            raise ConnectionAbortedError(f"{rep.real} shrank while being sent")
-        return status, sent
+        else:
+            body = FileRegion(fd, outcome.start, outcome.length)
+        stream.respond(Response(status, fields, body, outcome.length))
 
-    def _page(self, sock, req: Request, status: int,
-              headers: tuple[tuple[str, str], ...] = ()) -> tuple[int, int]:
-        head_only = req.method == "HEAD"
-        body = pages.page(status)
-        send_all(sock, pages.response(status, body, keep_alive=req.keep_alive,
-                                    head_only=head_only, headers=headers))
-        return status, 0 if head_only else len(body)
+    def _refuse(self, stream: Stream, refusal: Refuse, key: Hashable) -> None:
+        stream.outcome.note = refusal.reason  # for the error log; never to the client
+        stream.respond(pages.response(refusal.status))
 
-    def _refuse(self, sock, req: Request, refusal: Refuse, key: Hashable) -> tuple[int, int]:
-        req.extra["static_reason"] = refusal.reason  # for the error log; never to the client
-        return self._page(sock, req, refusal.status)
-
-    def _open_failed(self, sock, req: Request, exc: Exception, key: Hashable) -> Result:
+    def _open_failed(self, stream: Stream, exc: Exception) -> bool | None:
         if isinstance(exc, (Changed, PermissionError)):
-            return self._refuse(sock, req, Refuse(FORBIDDEN, str(exc)), key)
+            return self._refuse(stream, Refuse(FORBIDDEN, str(exc)), None)
         if isinstance(exc, OSError) and exc.errno in EXHAUSTED:
-            return self._unavailable(sock, req, exc)
-        return None  # gone since it was resolved: as if it never existed
+            return self._unavailable(stream, exc)
+        return False  # gone since it was resolved: as if it never existed
 
-    def _unavailable(self, sock, req: Request, exc: OSError) -> tuple[int, int]:
+    def _unavailable(self, stream: Stream, exc: OSError) -> None:
         # Out of descriptors or memory: the file may well exist, so neither a
         # 404 nor a cached answer; 503 tells the client to come back.
-        req.extra["static_reason"] = f"cannot open files: {exc}"
-        return self._page(sock, req, 503)
+        stream.outcome.note = f"cannot open files: {exc}"
+        stream.respond(pages.response(503))
 
-    def _redirect(self, sock, req: Request, redirect: Redirect, key: Hashable) -> tuple[int, int]:
+    def _redirect(self, stream: Stream, redirect: Redirect, key: Hashable) -> None:
+        req = stream.request
         location = redirect.location
         # Keep the query (it may matter to the page), but only if it is plain
         # visible ASCII: nothing that could bend the header line.
         if req.query and all(0x21 <= b <= 0x7E for b in req.query):
             location += "?" + req.query.decode("ascii")
-        head_only = req.method == "HEAD"
-        body = pages.page(301)
-        send_all(sock, pages.response(301, body, keep_alive=req.keep_alive, head_only=head_only,
-                                    headers=(("Location", location),)))
-        return 301, 0 if head_only else len(body)
+        stream.respond(pages.response(301, headers=(("Location", location),)))
 
-    def _list(self, sock, req: Request, page: Listing, key: Hashable) -> tuple[int, int]:
+    def _list(self, stream: Stream, page: Listing, key: Hashable) -> None:
         body = listing.render(page.path, listing.scan(page.node.real, self.root, self.opts))
-        head_only = req.method == "HEAD"
-        send_all(sock, pages.response(200, body, keep_alive=req.keep_alive, head_only=head_only))
-        return 200, 0 if head_only else len(body)
+        stream.respond(pages.response(200, body))

@@ -5,7 +5,7 @@ smuggling and path traversal are made of (odd Transfer-Encoding spellings,
 duplicate Content-Length, bare LF, ``%2e%2e``, ``%c0%ae``, ``**`` patterns...)
 and mutates it; every property below must hold for every input:
 
-- ``http1.RequestReader``: only ``HTTPError`` with a 4xx/5xx status escapes;
+- ``h1read.RequestReader``: only ``HTTPError`` with a 4xx/5xx status escapes;
   every parsed head is unambiguous (never both Content-Length and chunked, one
   Host, token method, absolute path); and the outcome does not depend on how
   TCP cut the bytes (fed whole or in arbitrary pieces, the same events come out).
@@ -61,7 +61,7 @@ from rex_workers.config.model import Route, StaticOptions
 from rex_workers.config.routing import RouteTable
 from rex_workers.http import framing
 from rex_workers.http.framing import BODY, END, HEAD, UPGRADE
-from rex_workers.http.http1 import RequestReader
+from rex_workers.http.h1read import RequestReader
 from rex_workers.http.request import HTTPError, Request
 from rex_workers.http.urlpath import PATH_SAFE, normalize, rewrite
 

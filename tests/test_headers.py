@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 
 from rex_workers.config.model import Upstream
-from rex_workers.http.http1 import Response
-from rex_workers.http.request import Request
+from rex_workers.http import h1write
+from rex_workers.http.h1read import Response
+from rex_workers.http.request import Request, is_websocket
 from rex_workers.proxy import headers
 
 UP = Upstream(url="http://10.1.1.1:3000", scheme="http", host="10.1.1.1", port=3000)
@@ -134,11 +135,19 @@ def resp(*fields: tuple[bytes, bytes], status: int = 200, version: str = "1.1") 
     return Response(status, version, list(fields), None, False, True, status == 101)
 
 
+def client_head(upstream: Response, *, length: int | None = None, keep_alive: bool = True,
+                version: str = "1.1", location=None) -> bytes:
+    """The head the client gets: the proxy's fields, framed by the HTTP/1 writer."""
+    mode, keep_alive = h1write.framing("GET", version, upstream.status, length, keep_alive)
+    return h1write.head(upstream.status, headers.response_fields(upstream, location), mode=mode,
+                        length=length, keep_alive=keep_alive, version=version)
+
+
 def test_response_head_drops_hop_by_hop_and_sets_framing():
-    first, fields = parse(headers.response_head(
+    first, fields = parse(client_head(
         resp((b"Connection", b"X-Internal"), (b"X-Internal", b"1"), (b"Keep-Alive", b"5"),
              (b"Transfer-Encoding", b"chunked"), (b"Date", b"then"), (b"Via", b"1.0 app")),
-        connection=headers.CLOSE, framing=b"Content-Length: 3\r\n"))
+        length=3, keep_alive=False))
     assert first == b"HTTP/1.1 200 OK"
     assert names(fields) == [b"date", b"via", b"content-length", b"connection"]
     assert value(fields, b"via") == b"1.0 app, 1.1 rex"
@@ -146,19 +155,20 @@ def test_response_head_drops_hop_by_hop_and_sets_framing():
 
 
 def test_response_head_adds_date_when_missing_and_keep_alive_for_http10():
-    _, fields = parse(headers.response_head(resp(), connection=headers.KEEP_ALIVE))
+    _, fields = parse(client_head(resp(), length=0, version="1.0"))
     assert value(fields, b"date").endswith(b"GMT")
     assert value(fields, b"connection") == b"keep-alive"
 
 
 def test_interim_head():
-    head = headers.interim_head(resp((b"Link", b"</a.css>"), (b"Connection", b"x"), status=103))
+    upstream = resp((b"Link", b"</a.css>"), (b"Connection", b"x"), status=103)
+    head = h1write.interim(103, headers.interim_fields(upstream))
     assert head == b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\n"
 
 
 def test_trailer_block():
-    assert headers.trailer_block([]) == b"0\r\n\r\n"
-    assert headers.trailer_block([(b"X-Sum", b"1")]) == b"0\r\nX-Sum: 1\r\n\r\n"
+    assert h1write.trailer_block([]) == b"0\r\n\r\n"
+    assert h1write.trailer_block([(b"X-Sum", b"1")]) == b"0\r\nX-Sum: 1\r\n\r\n"
 
 
 PUBLIC = b"https://www.example"
@@ -190,8 +200,8 @@ def test_rewrite_location(up, location, prefix, expected):
 
 
 def test_location_goes_through_the_callback():
-    _, fields = parse(headers.response_head(resp((b"Location", b"http://in/x")),
-                                            location=lambda v: v.replace(b"in", b"out")))
+    fields = headers.response_fields(resp((b"Location", b"http://in/x")),
+                                     location=lambda v: v.replace(b"in", b"out"))
     assert value(fields, b"location") == b"http://out/x"
 
 
@@ -204,6 +214,6 @@ def test_trusted_proxies():
 
 def test_is_websocket():
     up = make_request((b"Upgrade", b"WebSocket"), upgrade=True)
-    assert headers.is_websocket(up)
-    assert not headers.is_websocket(make_request((b"Upgrade", b"h2c"), upgrade=True))
-    assert not headers.is_websocket(make_request((b"Upgrade", b"websocket")))
+    assert is_websocket(up)
+    assert not is_websocket(make_request((b"Upgrade", b"h2c"), upgrade=True))
+    assert not is_websocket(make_request((b"Upgrade", b"websocket")))

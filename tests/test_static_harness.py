@@ -1,10 +1,12 @@
-"""A stand-in connection handler for rex_static tests, and a tiny HTTP client.
+"""rex_static behind Rex's real HTTP/1.1 connection, in this process, and a tiny HTTP client.
 
-``StaticServer`` parses requests with httptools into ``Request`` objects and
-calls ``StaticSite.handle`` then ``StaticSite.fallback`` the way the worker's
-handler does, on a real gevent ``StreamServer`` bound to 127.0.0.1:0. Run as a
-script (``python test_static_harness.py ROOT``) it serves ROOT in the
-foreground and prints its port: the big-file test measures that process.
+``StaticServer`` runs a gevent ``StreamServer`` on 127.0.0.1:0 whose connections
+are Rex's own ``ClientConn`` (the worker's runtime context, the real parser and
+response writer); only the dispatch is the harness's: it sets ``req.path`` with
+a chosen normaliser, then asks ``StaticSite.handle`` and ``StaticSite.fallback``,
+as the worker's site does. Run as a script (``python test_static_harness.py
+ROOT``) it serves ROOT in the foreground and prints its port: the big-file
+test measures that process.
 
 This module holds no tests; the test_static_* modules import it.
 """
@@ -12,19 +14,20 @@ This module holds no tests; the test_static_* modules import it.
 from __future__ import annotations
 
 import sys
-from collections import deque
 from dataclasses import dataclass, field
 from urllib.parse import unquote
 
 import gevent.socket
-import httptools
 from gevent.server import StreamServer
 
 from rex_static import StaticSite
-from rex_workers.config.model import StaticOptions
-from rex_workers.http import pages
+from rex_workers.config.model import Config, Logging, StaticOptions
+from rex_workers.http import message
+from rex_workers.http.message import Outcome
 from rex_workers.http.request import HTTPError, Request
 from rex_workers.http.urlpath import normalize
+from rex_workers.serve.conn import ClientConn
+from rex_workers.serve.runtime import Runtime
 
 
 def naive_path(raw_path: bytes) -> str:
@@ -36,31 +39,23 @@ def naive_path(raw_path: bytes) -> str:
     return unquote(raw_path.decode("latin-1"), errors="surrogateescape")
 
 
-class _Parsed:
-    """httptools callbacks → ``Request`` objects (bodies are ignored)."""
+class _Dispatch:
+    """The harness's stand-in for the worker's ``Listener``: static files or a 404."""
 
-    def __init__(self) -> None:
-        self.parser = httptools.HttpRequestParser(self)
-        self.requests: deque[Request] = deque()
-        self._url = b""
-        self._headers: list[tuple[bytes, bytes]] = []
+    port = 0
+    scheme = "http"
 
-    def on_message_begin(self) -> None:
-        self._url, self._headers = b"", []
+    def __init__(self, site: StaticSite, normalizer) -> None:
+        self.site = site
+        self.normalizer = normalizer
 
-    def on_url(self, url: bytes) -> None:
-        self._url += url
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers.append((name, value))
-
-    def on_headers_complete(self) -> None:
-        p = self.parser
-        raw_path, _, query = self._url.partition(b"?")
-        self.requests.append(Request(
-            method=p.get_method().decode(), target=self._url, path="", query=query,
-            version=p.get_http_version(), headers=self._headers, raw_path=raw_path,
-            keep_alive=p.should_keep_alive()))
+    def respond(self, stream) -> None:
+        req = stream.request
+        req.path = self.normalizer(req.raw_path)
+        if not (self.site.handle(stream) or self.site.fallback(stream)):
+            exc = HTTPError("no file", 404)
+            exc.close = False
+            raise exc
 
 
 @dataclass
@@ -74,7 +69,11 @@ class StaticServer:
     def __post_init__(self) -> None:
         kw = {"clock": self.clock} if self.clock else {}
         self.site = StaticSite(self.root, self.opts, **kw)
-        self.results: list[tuple[int, int]] = []
+        self.results: list[tuple[int, int]] = []  # (status, body bytes) of each response
+        self.ctx = Runtime(Config(path="", digest="", instances=(),
+                                  logging=Logging(access=None)), {})
+        self.ctx.access = self._note
+        self.dispatch = _Dispatch(self.site, self.normalizer)
         tls = {"ssl_context": self.ssl_context} if self.ssl_context else {}
         self.server = StreamServer(("127.0.0.1", 0), self._connection, **tls)
         self.server.start()
@@ -83,43 +82,27 @@ class StaticServer:
     def close(self) -> None:
         self.server.stop(timeout=1)
 
-    def _connection(self, sock, addr) -> None:
-        sock.settimeout(10)
-        parsed = _Parsed()
-        try:
-            while True:
-                while not parsed.requests:
-                    data = sock.recv(65536)
-                    if not data:
-                        return
-                    try:
-                        parsed.parser.feed_data(data)
-                    except httptools.HttpParserError:
-                        sock.sendall(pages.response(400))
-                        return
-                req = parsed.requests.popleft()
-                self.results.append(self._respond(sock, req))
-                if not req.keep_alive:
-                    return
-        except OSError:
-            pass  # the client went away: as in the real handler
-        finally:
-            sock.close()
+    def _note(self, req: Request, outcome: Outcome, duration: float) -> None:
+        self.results.append((outcome.status, outcome.sent))
 
-    def _respond(self, sock, req: Request) -> tuple[int, int]:
-        try:
-            req.path = self.normalizer(req.raw_path)
-        except HTTPError as exc:
-            sock.sendall(pages.response(exc.status, keep_alive=req.keep_alive))
-            return exc.status, 0
-        result = self.site.handle(sock, req)
-        if result is None:
-            result = self.site.fallback(sock, req)
-        if result is None:
-            sock.sendall(pages.response(404, keep_alive=req.keep_alive,
-                                        head_only=req.method == "HEAD"))
-            result = (404, 0)
-        return result
+    def sock_wrapper(self, sock):
+        """What the connection gets for each accepted socket (tests may count its calls)."""
+        return sock
+
+    def _connection(self, sock, addr) -> None:
+        ClientConn(self.sock_wrapper(sock), addr, self.dispatch, self.ctx).serve()
+
+
+class RecordingStream:
+    """Just enough of a ``Stream`` to call a responder directly: it keeps the response."""
+
+    def __init__(self, req: Request) -> None:
+        self.request = req
+        self.outcome = Outcome()
+        self.responses: list[message.Response] = []
+
+    def respond(self, response: message.Response) -> None:
+        self.responses.append(response)
 
 
 # -- client ------------------------------------------------------------------

@@ -12,7 +12,8 @@ import pytest
 from rex_static.cache import TTLCache
 from rex_static.listing import render
 from rex_static.mime import content_type
-from rex_static.representation import body_lines, describe, head
+from rex_static.representation import body_fields, describe
+from rex_workers.http import h1write
 
 
 @pytest.mark.parametrize(("name", "expected"), [
@@ -102,18 +103,21 @@ def test_representation_lines(tmp_path):
     rep = describe(str(path), st, (1, 2, 3, 4), content_type=b"text/css", coding="gzip",
                    cache_control="public, max-age=60", vary=True, now=st.st_mtime + 10)
     assert rep.size == 6
-    assert rep.validator_lines.startswith(b'ETag: "')
-    assert b"-gzip\"\r\n" in rep.validator_lines
-    assert b"Cache-Control: public, max-age=60\r\nVary: Accept-Encoding\r\n" in \
-        rep.validator_lines
-    assert rep.content_lines == (b"Content-Type: text/css\r\nContent-Encoding: gzip\r\n"
-                                 b"Accept-Ranges: bytes\r\n")
-    lines = body_lines(rep, 2, 5, partial=True)
-    assert b"Content-Length: 3\r\nContent-Range: bytes 2-4/6\r\n" in lines
-    whole = head(206, lines, date=b"D", keep_alive=False)
+    (etag_name, etag), *rest = rep.validator_fields
+    assert etag_name == b"ETag" and etag.startswith(b'"') and etag.endswith(b'-gzip"')
+    assert rest[1:] == [(b"Cache-Control", b"public, max-age=60"), (b"Vary", b"Accept-Encoding")]
+    assert rep.content_fields == [(b"Content-Type", b"text/css"),
+                                  (b"Content-Encoding", b"gzip"), (b"Accept-Ranges", b"bytes")]
+    fields = body_fields(rep, 2, 5, partial=True)
+    assert fields[-1] == (b"Content-Range", b"bytes 2-4/6")
+    # As the connection writes it: the length from the range, Connection as asked.
+    whole = h1write.head(206, [(b"Server", b"rex"), (b"Date", b"D"), *fields],
+                         mode=h1write.LENGTH, length=3, keep_alive=False, version="1.1")
     assert whole.startswith(b"HTTP/1.1 206 Partial Content\r\nServer: rex\r\nDate: D\r\n")
+    assert b"Content-Range: bytes 2-4/6\r\nContent-Length: 3\r\n" in whole
     assert whole.endswith(b"Connection: close\r\n\r\n")
-    assert b"Connection" not in head(200, b"", date=b"D", keep_alive=True)
+    assert b"Connection" not in h1write.head(200, [], mode=h1write.LENGTH, length=0,
+                                             keep_alive=True, version="1.1")
 
 
 def test_last_modified_never_after_now(tmp_path):

@@ -10,7 +10,7 @@ import gevent.event
 import gevent.ssl
 import pytest
 import trustme
-from test_static_harness import Client, StaticServer, get
+from test_static_harness import Client, RecordingStream, StaticServer, get
 
 from rex_static import sendfile as rex_sendfile
 from rex_workers.config.model import StaticOptions
@@ -214,8 +214,9 @@ def test_symlinked_root(serve, public, tmp_path):
 def test_not_ours_for_other_methods(serve, public):
     server = serve()
     site = server.site
-    req = _request("POST", b"/hello.txt")
-    assert site.handle(None, req) is None and site.fallback(None, req) is None
+    stream = RecordingStream(_request("POST", b"/hello.txt"))
+    assert site.handle(stream) is False and site.fallback(stream) is False
+    assert stream.responses == []
 
 
 def _request(method: str, raw_path: bytes):
@@ -271,9 +272,7 @@ def test_small_file_is_one_send_and_no_file_syscalls_when_hot(serve, monkeypatch
                                                               sendfile_calls):
     server = serve()
     sends: list[int] = []
-    handle = server.site.handle
-    monkeypatch.setattr(server.site, "handle",
-                        lambda sock, req: handle(CountingSocket(sock, sends), req))
+    monkeypatch.setattr(server, "sock_wrapper", lambda sock: CountingSocket(sock, sends))
     get(server.port, "/hello.txt")  # warms the cache
     sends.clear()
     opened: list[str] = []

@@ -1,7 +1,7 @@
 """Unit tests of the WSGI policy modules: environ, start_response checks, framing, input.
 
-No master and no sockets: the pure helpers on plain data, and ``WSGIApps.serve``
-driven through a stand-in connection that records what would be sent.
+No master: the pure helpers on plain data, and ``WSGIApps.serve`` driven through
+Rex's real HTTP/1.1 connection over a socket pair in this process.
 """
 
 from __future__ import annotations
@@ -9,33 +9,30 @@ from __future__ import annotations
 import io
 import os
 import re
+import socket
 import sys
-from types import SimpleNamespace
 from wsgiref.validate import check_environ
 
+import gevent
+import gevent.event
+import gevent.socket
 import pytest
 import yaml
 from conftest import ROOT
 
 from rex_workers.config.loader import load_config
-from rex_workers.config.model import Config, Instance, Route
+from rex_workers.config.model import Config, Instance, Logging, Route
+from rex_workers.http.h1write import CHUNKED, CLOSE, LENGTH, NO_BODY, chunk, framing, head
 from rex_workers.http.request import HTTPError, Request
+from rex_workers.http.urlpath import normalize
+from rex_workers.serve.conn import ClientConn
+from rex_workers.serve.runtime import Runtime
 from rex_workers.wsgi.environ import build_environ, header_vars, split_path, url_scheme, wsgi_str
 from rex_workers.wsgi.files import FileWrapper
 from rex_workers.wsgi.host import WSGIApps
 from rex_workers.wsgi.input import ErrorStream, Input
 from rex_workers.wsgi.load import WSGILoadError, extend_sys_path, load_app, load_route_app
-from rex_workers.wsgi.response import (
-    CHUNKED,
-    CLOSE,
-    LENGTH,
-    NO_BODY,
-    WSGIResponseError,
-    chunk,
-    framing,
-    parse_head,
-    render,
-)
+from rex_workers.wsgi.response import WSGIResponseError, fields, parse_head
 
 
 def request(target: bytes = b"/app/x?q=1", method: str = "GET", headers=(), **kw) -> Request:
@@ -121,14 +118,14 @@ def test_parse_head_keeps_end_to_end_fields_and_drops_hop_by_hop():
                                       ("Connection", "close"), ("Keep-Alive", "timeout=5"),
                                       ("Transfer-Encoding", "chunked"), ("Set-Cookie", "a=1"),
                                       ("Set-Cookie", "b=2")])
-    assert (head.status, head.status_line, head.content_length, head.close) == (
-        201, b"201 Created", 5, True)
+    assert (head.status, head.reason, head.content_length, head.close) == (
+        201, b"Created", 5, True)
     assert head.headers == [(b"Content-Type", b"text/plain"), (b"Set-Cookie", b"a=1"),
                             (b"Set-Cookie", b"b=2")]
 
 
 def test_status_without_reason_gets_the_standard_one():
-    assert parse_head("404", []).status_line == b"404 Not Found"
+    assert parse_head("404", []).reason == b"Not Found"
 
 
 @pytest.mark.parametrize(("status", "headers"), [
@@ -163,27 +160,33 @@ def test_parse_head_refuses_what_pep3333_forbids(status, headers):
     ("GET", 200, 10, "1.1", False, (LENGTH, False)),
 ])
 def test_framing(method, status, length, version, keep, expected):
-    head = parse_head(f"{status} X", [])
-    head.content_length = length
-    assert framing(head, method, version, keep) == expected
+    assert framing(method, version, status, length, keep) == expected
 
 
 def test_framing_honours_connection_close_from_the_app():
-    head = parse_head("200 OK", [("Connection", "close"), ("Content-Length", "0")])
-    assert framing(head, "GET", "1.1", True) == (LENGTH, False)
+    app = simple([b""], [("Connection", "close"), ("Content-Length", "0")])
+    served = serve(app)
+    assert b"Connection: close\r\n" in served.out and not served.keep_alive
+
+
+def render(wsgi_head, mode, keep_alive, version, date):
+    """The head the connection writes for what an app passed to start_response."""
+    return head(wsgi_head.status, fields(wsgi_head, date), mode=mode,
+                length=wsgi_head.content_length, keep_alive=keep_alive, version=version,
+                reason=wsgi_head.reason)
 
 
 def test_render():
-    head = parse_head("200 OK", [("Content-Type", "text/plain")])
-    out = render(head, CHUNKED, True, "1.1", b"DATE")
+    wsgi_head = parse_head("200 OK", [("Content-Type", "text/plain")])
+    out = render(wsgi_head, CHUNKED, True, "1.1", b"DATE")
     assert out == (b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nDate: DATE\r\n"
                    b"Server: rex\r\nTransfer-Encoding: chunked\r\n\r\n")
-    head = parse_head("204 No Content", [("Server", "app"), ("Date", "then"),
-                                         ("Content-Length", "0")])
-    assert render(head, NO_BODY, True, "1.0", b"DATE") == (
+    wsgi_head = parse_head("204 No Content", [("Server", "app"), ("Date", "then"),
+                                              ("Content-Length", "0")])
+    assert render(wsgi_head, NO_BODY, True, "1.0", b"DATE") == (
         b"HTTP/1.1 204 No Content\r\nServer: app\r\nDate: then\r\nConnection: keep-alive\r\n\r\n")
-    head = parse_head("200 OK", [("Content-Length", "3")])
-    assert render(head, LENGTH, False, "1.1", b"D").endswith(
+    wsgi_head = parse_head("200 OK", [("Content-Length", "3")])
+    assert render(wsgi_head, LENGTH, False, "1.1", b"D").endswith(
         b"Content-Length: 3\r\nConnection: close\r\n\r\n")
 
 
@@ -314,45 +317,64 @@ def test_extend_sys_path_puts_pythonpath_then_the_config_dir_first(monkeypatch):
     assert sys.path == ["/a", "/etc/rex", "/usr/lib/python", "/b"]
 
 
-# -- serving through a stand-in connection ---------------------------------------------------
+# -- serving through Rex's connection ----------------------------------------------------
 
-class FakeConn:
-    """What ``WSGIApps.serve`` uses of a ClientConn, recording the bytes it sends."""
-
-    def __init__(self, body: bytes = b"") -> None:
-        self.out = bytearray()
-        self.keep_alive = True
-        self.errors: list[str] = []
-        self._body = [body] if body else []
-        self.sock = SimpleNamespace(getsockname=lambda: ("127.0.0.1", 8080),
-                                    settimeout=lambda timeout: None)
-        self.rt = None
-
-    def body_pieces(self):
-        while self._body:
-            yield self._body.pop(0)
-
-    def body_pending(self) -> bool:
-        return bool(self._body)
-
-    def send(self, data: bytes) -> None:
-        self.out += data
-
-    def log_error(self, message: str) -> None:
-        self.errors.append(message)
+GET = b"GET /app/x?q=1 HTTP/1.1\r\nHost: example.test\r\n\r\n"
+HEAD = b"HEAD /app/x?q=1 HTTP/1.1\r\nHost: example.test\r\n\r\n"
+POST = b"POST /app/x HTTP/1.1\r\nHost: example.test\r\nContent-Length: 4\r\n\r\ndata"
 
 
-def serve(app, req: Request | None = None, body: bytes = b"",
-          conn: FakeConn | None = None) -> tuple[FakeConn, tuple]:
+class Served:
+    """One request through ``WSGIApps.serve`` on a real connection: what came out of it."""
+
+    def __init__(self) -> None:
+        self.out = b""  # every byte the client received
+        self.keep_alive = True  # the connection's own verdict once the response was done
+        self.errors: list[str] = []  # error log lines
+        self.status = 0
+        self.sent = 0  # body bytes, as the access log counts them
+
+
+def serve(app, raw: bytes = GET) -> Served:
     route = Route(path="/app", index=0, wsgi="x:app")
     config = Config(path="", digest="", instances=(Instance(index=0, port=8080,
-                                                            routes=(route,)),))
-    rt = SimpleNamespace(config=config, trusted=frozenset(), draining=False,
-                         timeouts=SimpleNamespace(read=5.0))
-    conn = conn or FakeConn(body)
-    conn.rt = rt
-    apps = WSGIApps(rt, load=lambda spec: app)
-    return conn, apps.serve(conn, req or request(), route, 1)
+                                                            routes=(route,)),),
+                    logging=Logging(access=None))
+    ctx = Runtime(Config(path="", digest="", instances=(), logging=Logging(access=None)), {})
+    apps = WSGIApps(config, ctx.trusted.__contains__, load=lambda spec: app)
+    served = Served()
+    done = gevent.event.Event()
+
+    def access(req, outcome, duration) -> None:
+        served.status, served.sent = outcome.status, outcome.sent
+        done.set()
+
+    ctx.access = access
+    ctx.log_error = served.errors.append
+
+    class Dispatch:
+        port, scheme = 8080, "http"
+
+        def respond(self, stream) -> None:
+            stream.request.path = normalize(stream.request.raw_path)
+            apps.serve(stream, route, 1)
+
+    server, client = gevent.socket.socketpair()
+    conn = ClientConn(server, ("10.0.0.7", 5555), Dispatch(), ctx)
+    loop = gevent.spawn(conn.serve)
+    try:
+        client.sendall(raw)
+        assert done.wait(5), "no response"
+        served.keep_alive = conn.keep_alive
+        client.shutdown(socket.SHUT_WR)
+        loop.join(5)
+        client.settimeout(5)
+        while data := client.recv(65536):
+            served.out += data
+    finally:
+        loop.kill()
+        client.close()
+    return served
 
 
 def simple(body_parts, headers=(("Content-Type", "text/plain"),)):
@@ -364,45 +386,42 @@ def simple(body_parts, headers=(("Content-Type", "text/plain"),)):
 
 
 def test_list_body_gets_a_content_length():
-    conn, result = serve(simple([b"ab", b"cd"]))
-    assert result == (200, 4)
-    assert b"Content-Length: 4\r\n" in conn.out and conn.out.endswith(b"\r\n\r\nabcd")
+    served = serve(simple([b"ab", b"cd"]))
+    assert (served.status, served.sent) == (200, 4)
+    assert b"Content-Length: 4\r\n" in served.out and served.out.endswith(b"\r\n\r\nabcd")
 
 
 def test_generator_body_is_chunked_and_empty_pieces_are_skipped():
-    conn, result = serve(simple(iter([b"", b"ab", b"", b"cd"])))
-    assert result == (200, 4)
-    assert conn.out.endswith(b"\r\n\r\n2\r\nab\r\n2\r\ncd\r\n0\r\n\r\n")
+    served = serve(simple(iter([b"", b"ab", b"", b"cd"])))
+    assert (served.status, served.sent) == (200, 4)
+    assert served.out.endswith(b"\r\n\r\n2\r\nab\r\n2\r\ncd\r\n0\r\n\r\n")
 
 
 def test_body_longer_than_content_length_is_cut():
-    conn, result = serve(simple(iter([b"abc", b"def"]), [("Content-Length", "4")]))
-    assert result == (200, 4)
-    assert conn.out.endswith(b"\r\n\r\nabcd") and conn.keep_alive
-    assert "longer than its Content-Length" in conn.errors[0]
+    served = serve(simple(iter([b"abc", b"def"]), [("Content-Length", "4")]))
+    assert (served.status, served.sent) == (200, 4)
+    assert served.out.endswith(b"\r\n\r\nabcd") and served.keep_alive
+    assert "longer than its Content-Length" in served.errors[0]
 
 
 def test_body_shorter_than_content_length_closes_the_connection():
-    conn, result = serve(simple(iter([b"ab"]), [("Content-Length", "4")]))
-    assert result == (200, 2)
-    assert not conn.keep_alive
+    served = serve(simple(iter([b"ab"]), [("Content-Length", "4")]))
+    assert (served.status, served.sent) == (200, 2)
+    assert not served.keep_alive
 
 
-def test_app_error_before_the_head_becomes_a_500_for_the_handler():
+def test_app_error_before_the_head_becomes_a_500():
     def app(environ, start_response):
         raise KeyError("missing")
 
-    conn = FakeConn()
-    with pytest.raises(HTTPError) as info:
-        serve(app, conn=conn)
-    assert (info.value.status, info.value.close) == (500, False)
-    assert "KeyError: 'missing'" in conn.errors[0]  # the traceback is logged
+    served = serve(app)
+    assert served.status == 500 and served.out.startswith(b"HTTP/1.1 500 ")
+    assert served.keep_alive  # the request was whole: the connection is still good
+    assert "KeyError: 'missing'" in served.errors[0]  # the traceback is logged
 
 
 def test_str_body_is_an_app_error():
-    with pytest.raises(HTTPError) as info:
-        serve(simple(iter(["text"])))
-    assert info.value.status == 500
+    assert serve(simple(iter(["text"]))).status == 500
 
 
 def test_app_error_after_the_head_closes_the_connection():
@@ -411,11 +430,11 @@ def test_app_error_after_the_head_closes_the_connection():
         yield b"part"
         raise RuntimeError("late")
 
-    conn, result = serve(app)
-    assert result == (200, 4)
-    assert not conn.keep_alive
-    assert not conn.out.endswith(b"0\r\n\r\n")
-    assert "RuntimeError: late" in conn.errors[0]
+    served = serve(app)
+    assert (served.status, served.sent) == (200, 4)
+    assert not served.keep_alive
+    assert not served.out.endswith(b"0\r\n\r\n")
+    assert "RuntimeError: late" in served.errors[0]
 
 
 def test_start_response_twice_without_exc_info_is_an_error():
@@ -424,14 +443,12 @@ def test_start_response_twice_without_exc_info_is_an_error():
         start_response("200 OK", [])
         return []
 
-    with pytest.raises(HTTPError):
-        serve(app)
+    assert serve(app).status == 500
 
 
 def test_unread_body_closes_the_connection():
-    req = request(method="POST", content_length=4)
-    conn, _ = serve(simple([b"ok"]), req, body=b"data")
-    assert b"Connection: close" in conn.out and not conn.keep_alive
+    served = serve(simple([b"ok"]), POST)
+    assert b"Connection: close" in served.out and not served.keep_alive
 
 
 def test_read_body_keeps_the_connection():
@@ -440,21 +457,21 @@ def test_read_body_keeps_the_connection():
         start_response("200 OK", [])
         return [data.upper()]
 
-    conn, _ = serve(app, request(method="POST", content_length=4), body=b"data")
-    assert conn.out.endswith(b"DATA") and conn.keep_alive
+    served = serve(app, POST)
+    assert served.out.endswith(b"DATA") and served.keep_alive
 
 
 def test_head_sends_the_head_only():
-    conn, result = serve(simple([b"body"]), request(method="HEAD"))
-    assert conn.out.endswith(b"Content-Length: 4\r\n\r\n")  # what GET would have said
-    assert result == (200, 0)
-    conn, _ = serve(simple([]), request(method="HEAD"))
-    assert b"Content-Length" not in conn.out and b"Transfer-Encoding" not in conn.out
+    served = serve(simple([b"body"]), HEAD)
+    assert served.out.endswith(b"Content-Length: 4\r\n\r\n")  # what GET would have said
+    assert (served.status, served.sent) == (200, 0)
+    served = serve(simple([]), HEAD)
+    assert b"Content-Length" not in served.out and b"Transfer-Encoding" not in served.out
 
 
-def file_app(path):
+def file_app(path, headers=()):
     def app(environ, start_response):
-        start_response("200 OK", [("Content-Type", "application/octet-stream")])
+        start_response("200 OK", [("Content-Type", "application/octet-stream"), *headers])
         f = open(path, "rb")  # noqa: SIM115 - the server closes it through the wrapper
         f.seek(2)  # PEP 3333: transmission starts at the current position
         return environ["wsgi.file_wrapper"](f, 4)
@@ -462,37 +479,36 @@ def file_app(path):
     return app
 
 
-def pread_pump(conn: FakeConn):
-    """Stands in for rex_static's send_file: the same contract, into ``conn.out``."""
-    def send_file(sock, fd, offset, count):
-        data = os.pread(fd, count, offset)
-        conn.out += data
-        return len(data)
+@pytest.fixture
+def sendfile_calls(monkeypatch):
+    calls: list[int] = []
+    real = os.sendfile
 
-    return send_file
+    def counting(out, fd, offset, count):
+        n = real(out, fd, offset, count)
+        calls.append(n)
+        return n
+
+    monkeypatch.setattr(os, "sendfile", counting)
+    return calls
 
 
-def test_wrapped_file_goes_to_the_pump_from_its_position(tmp_path, monkeypatch):
-    conn = FakeConn()
-    monkeypatch.setattr("rex_workers.wsgi.host.send_file", pread_pump(conn))
-    monkeypatch.setattr("rex_workers.wsgi.host.send_head", lambda sock, head, file_follows:
-                        conn.out.extend(head))
+def test_wrapped_file_goes_to_the_pump_from_its_position(tmp_path, sendfile_calls):
     path = tmp_path / "f"
     path.write_bytes(b"0123456789")
-    _, result = serve(file_app(path), conn=conn)
-    assert result == (200, 8)
-    assert conn.out.endswith(b"Content-Length: 8\r\n\r\n23456789") and conn.keep_alive
+    served = serve(file_app(path))
+    assert (served.status, served.sent) == (200, 8)
+    assert served.out.endswith(b"Content-Length: 8\r\n\r\n23456789") and served.keep_alive
+    assert sum(sendfile_calls) == 8  # zero-copy: the kernel moved the bytes
 
 
-def test_wrapped_file_shorter_than_announced_closes_the_connection(tmp_path, monkeypatch):
-    conn = FakeConn()
-    monkeypatch.setattr("rex_workers.wsgi.host.send_file", lambda sock, fd, offset, count: count - 1)
-    monkeypatch.setattr("rex_workers.wsgi.host.send_head", lambda *args, **kw: None)
+def test_wrapped_file_shorter_than_announced_closes_the_connection(tmp_path):
     path = tmp_path / "f"
     path.write_bytes(b"0123456789")
-    _, result = serve(file_app(path), conn=conn)
-    assert result == (200, 7)
-    assert not conn.keep_alive  # a file truncated under us: the client must see the cut
+    served = serve(file_app(path, [("Content-Length", "10")]))  # 8 bytes left from position 2
+    assert (served.status, served.sent) == (200, 8)
+    assert not served.keep_alive  # the client must see the cut, not wait for 2 more bytes
+    assert "shorter than its Content-Length" in served.errors[0]
 
 
 def test_wrapped_stream_without_a_file_is_iterated():
@@ -500,9 +516,9 @@ def test_wrapped_stream_without_a_file_is_iterated():
         start_response("200 OK", [])
         return environ["wsgi.file_wrapper"](io.BytesIO(b"abcdef"), 4)
 
-    conn, result = serve(app)
-    assert result == (200, 6)
-    assert conn.out.endswith(b"\r\n\r\n4\r\nabcd\r\n2\r\nef\r\n0\r\n\r\n")
+    served = serve(app)
+    assert (served.status, served.sent) == (200, 6)
+    assert served.out.endswith(b"\r\n\r\n4\r\nabcd\r\n2\r\nef\r\n0\r\n\r\n")
 
 
 # -- the documented configs ------------------------------------------------------------------

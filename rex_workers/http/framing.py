@@ -4,7 +4,7 @@ Pure code over parsed field lines: the Content-Length and Transfer-Encoding
 rules a proxy must be strict about (RFC 9112 §6.3), the byte budget of a head
 or trailer section, and the reader base that queues events and refuses bytes
 that make the parser buffer without progress. No sockets, no gevent; the
-readers themselves are in ``http1``.
+readers themselves are in ``h1read``.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Small HTML pages and the bytes of complete short responses.
+"""Small HTML pages, and the short responses Rex makes itself (errors, redirects).
 
 The original Rex had a welcome page and 404/502/503 pages; Rex keeps them as
 files in ``conf/pages`` (shipped as package data ``rex_conf``) and falls back to
@@ -8,11 +8,14 @@ a generated page for any other status. Pure: no sockets, no gevent.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from email.utils import formatdate
 from functools import cache
 from html import escape
 from http import HTTPStatus
 from importlib import resources
+
+from .message import Header, Response
 
 SERVER = b"rex"
 
@@ -50,36 +53,22 @@ def page(status: int) -> bytes:
     ).encode()
 
 
-def response(
-    status: int,
-    body: bytes | None = None,
-    *,
-    keep_alive: bool = False,
-    head_only: bool = False,
-    headers: tuple[tuple[str, str], ...] = (),
-    content_type: bytes = b"text/html; charset=utf-8",
-    version: str = "1.1",
-) -> bytes:
-    """A whole response (head and body) ready for one ``sendall``.
+def origin_fields() -> list[Header]:
+    """``Server`` and ``Date``: what Rex sends on a response it makes itself."""
+    return [(b"Server", SERVER), (b"Date", http_date())]
 
-    ``status`` 0 means the welcome page, sent as 200. ``version`` is the
-    client's: an HTTP/1.0 client is kept alive only when told so.
+
+def response(status: int, body: bytes | None = None, *,
+             headers: Sequence[tuple[str, str]] = (),
+             content_type: bytes = b"text/html; charset=utf-8") -> Response:
+    """A short response Rex makes itself: a page (``body`` None) or the given body.
+
+    ``status`` 0 means the welcome page, sent as 200. ``headers`` are extra
+    fields (``Location``, ``Allow``…) as text.
     """
     if body is None:
         body = page(status)
-    code = status or 200
-    lines = [
-        b"HTTP/1.1 %d %s\r\n" % (code, reason(code).encode()),
-        b"Server: rex\r\nDate: " + http_date() + b"\r\n",
-        b"Content-Type: " + content_type + b"\r\n",
-        b"Content-Length: %d\r\n" % len(body),
-    ]
-    lines.extend(f"{k}: {v}\r\n".encode("latin-1") for k, v in headers)
-    if not keep_alive:
-        lines.append(b"Connection: close\r\n")
-    elif version == "1.0":
-        lines.append(b"Connection: keep-alive\r\n")
-    lines.append(b"\r\n")
-    if not head_only and code not in (204, 304):
-        lines.append(body)
-    return b"".join(lines)
+    fields = origin_fields()
+    fields.append((b"Content-Type", content_type))
+    fields += ((k.encode("latin-1"), v.encode("latin-1")) for k, v in headers)
+    return Response(status or 200, fields, body)

@@ -1,12 +1,13 @@
 """The parsed head of one client request, as every responder sees it.
 
-Built by the connection handler from httptools callbacks; read by routing,
-the proxy, static files and WSGI. Pure data: no sockets, no gevent.
+Built by the connection from httptools callbacks; read by routing, the proxy,
+static files and WSGI. Also the two ways request handling fails: ``HTTPError``
+before a response has started, ``Abort`` after. Pure data: no sockets, no gevent.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 
 class HTTPError(Exception):
@@ -26,6 +27,14 @@ class HTTPError(Exception):
         self.reason = reason
 
 
+class Abort(Exception):
+    """The response had started when it could not be completed: cut the connection.
+
+    Closing is the only way left to tell an HTTP/1.1 client that its response is
+    incomplete (RFC 9112 §8); an HTTP/2 stream would be reset instead.
+    """
+
+
 @dataclass(slots=True)
 class Request:
     method: str  # "GET"
@@ -43,7 +52,6 @@ class Request:
     server_port: int = 0
     scheme: str = "http"
     raw_path: bytes = b""  # target without the query
-    extra: dict = field(default_factory=dict)  # per-request scratch (timings, log)
 
     @property
     def has_body(self) -> bool:
@@ -55,6 +63,14 @@ class Request:
             if k.lower() == name:
                 return v
         return None
+
+
+def is_websocket(req: Request) -> bool:
+    """An Upgrade to WebSocket; other upgrades (h2c) are not tunnelled."""
+    if not req.upgrade:
+        return False
+    value = req.header(b"upgrade") or b""
+    return any(t.strip().lower() == b"websocket" for t in value.split(b","))
 
 
 def printable(raw: bytes) -> str:

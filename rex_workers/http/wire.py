@@ -1,10 +1,20 @@
-"""Writing to a socket in as few system calls as the kernel allows.
+"""Sockets without policy: writing in as few system calls as the kernel allows, peeking, shutting.
 
-Socket code without policy: used for client, upstream and static responses
-alike. Imports nothing from Rex, so every layer may use it.
+Used for client, upstream and static traffic alike. Imports nothing from Rex,
+so every layer may use it. ``READ_SIZE`` is the one size of a read from a
+client or an upstream.
 """
 
 from __future__ import annotations
+
+import socket as _stdsocket
+
+READ_SIZE = 65536
+
+# What ``peek`` finds on an idle socket.
+QUIET, WAITING, CLOSED = 0, 1, 2
+# A plain int: or-ing the socket module's flag enums costs a Python call per peek.
+_PEEK = int(_stdsocket.MSG_PEEK | _stdsocket.MSG_DONTWAIT)
 
 
 def send_all(sock, data: bytes, flags: int = 0) -> None:
@@ -16,3 +26,29 @@ def send_all(sock, data: bytes, flags: int = 0) -> None:
     sent = sock.send(data, flags)
     if sent < len(data):
         sock.sendall(memoryview(data)[sent:], flags)
+
+
+def peek(sock) -> int:
+    """Whether an idle socket is ``QUIET``, has bytes ``WAITING``, or is ``CLOSED``.
+
+    One non-blocking system call. CLOSED covers EOF and any error: either way
+    nothing more will come that anyone asked for.
+    """
+    # The raw socket under gevent's wrapper: gevent's own recv would wait for
+    # readability instead of reporting EAGAIN, which is the answer we want here.
+    raw = getattr(sock, "_sock", sock)
+    try:
+        data = raw.recv(1, _PEEK)
+    except (BlockingIOError, InterruptedError):
+        return QUIET
+    except OSError:
+        return CLOSED
+    return WAITING if data else CLOSED
+
+
+def shutdown(sock) -> None:
+    """Shut both directions; wakes a greenlet blocked on ``sock`` without closing it."""
+    try:
+        sock.shutdown(_stdsocket.SHUT_RDWR)
+    except OSError:
+        pass  # already closed or never connected: nothing left to wake

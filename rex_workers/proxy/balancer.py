@@ -186,7 +186,8 @@ class UpstreamGroup:
 
     def __init__(self, upstreams: Sequence[Upstream], balance: str = "round_robin",
                  clock: Callable[[], float] = time.monotonic,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None,
+                 on_failure: Callable[[Upstream], None] | None = None) -> None:
         try:
             algorithm = BALANCERS[balance]
         except KeyError:
@@ -194,6 +195,7 @@ class UpstreamGroup:
         self.upstreams = tuple(upstreams)
         self.balance = balance
         self._clock = clock
+        self._on_failure = on_failure  # told of every failed attempt (the worker counts them)
         rng = rng or random.Random()
         # nginx: a group of one server never marks it down. There is nowhere
         # else to send the request, and a dev server restarting behind Rex must
@@ -231,6 +233,8 @@ class UpstreamGroup:
 
     def failed(self, up: Upstream) -> bool:
         """An attempt failed before a response; True when that took ``up`` out of rotation."""
+        if self._on_failure is not None:
+            self._on_failure(up)
         return self._peers[up.key].health.failed(self._clock())
 
     def succeeded(self, up: Upstream) -> None:

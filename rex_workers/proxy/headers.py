@@ -1,9 +1,10 @@
 """Header policy for both directions of a proxied exchange.
 
-Pure functions from a parsed head to the bytes of the head to send: remove
-hop-by-hop fields (RFC 9110 §7.6.1), add forwarding fields (X-Forwarded-*,
-``Via`` per §7.6.3), handle ``Max-Forwards`` (§7.6.2), set framing, and rewrite
-``Location``. No sockets, no gevent; unit-tested on plain data.
+Pure functions: from a client request to the bytes of the head sent upstream,
+and from an upstream response to the end-to-end fields the client gets (the
+connection adds framing). They remove hop-by-hop fields (RFC 9110 §7.6.1), add
+forwarding fields (X-Forwarded-*, ``Via`` per §7.6.3), handle ``Max-Forwards``
+(§7.6.2) and rewrite ``Location``. No sockets, no gevent; unit-tested on plain data.
 """
 
 from __future__ import annotations
@@ -13,9 +14,9 @@ from collections.abc import Callable, Sequence
 from functools import lru_cache
 
 from ..config.model import Upstream
-from ..http.http1 import Response
+from ..http.h1read import Response
+from ..http.message import Header
 from ..http.pages import http_date
-from ..http.pages import reason as reason_phrase
 from ..http.request import Request
 
 # RFC 9110 §7.6.1 plus the de-facto Proxy-Connection; Transfer-Encoding and
@@ -40,9 +41,6 @@ DEFAULT_ALLOW = b"GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS, TRACE"
 _PLAIN_CONNECTION = frozenset({b"keep-alive", b"Keep-Alive", b"close", b"Close", b"upgrade",
                                b"Upgrade"})
 _NONE: frozenset[bytes] = frozenset()
-
-CLOSE = b"Connection: close\r\n"
-KEEP_ALIVE = b"Connection: keep-alive\r\n"  # HTTP/1.0 clients need to be told
 
 
 def connection_tokens(headers: Sequence[tuple[bytes, bytes]]) -> frozenset[bytes]:
@@ -183,88 +181,54 @@ def trace_echo(req: Request) -> bytes:
     return b"".join(lines)
 
 
-def response_head(
-    resp: Response,
-    *,
-    connection: bytes = b"",
-    framing: bytes = b"",
-    location: Callable[[bytes], bytes] | None = None,
-) -> bytes:
-    """The head Rex sends the client for an upstream response.
+def response_fields(resp: Response,
+                    location: Callable[[bytes], bytes] | None = None) -> list[Header]:
+    """The end-to-end fields Rex passes on for an upstream response.
 
-    ``connection`` is b"", ``CLOSE`` or ``KEEP_ALIVE``; ``framing`` the
-    Content-Length/Transfer-Encoding line Rex chose (or b""); ``location`` maps
-    a ``Location`` value to the one the client should see (SPEC §5).
+    Hop-by-hop fields and those ``Connection`` names go (the connection sets
+    framing and ``Connection`` itself), ``Via`` gets Rex's entry, ``Date`` is
+    added when missing, and ``location`` maps a ``Location`` value to the one
+    the client should see (SPEC §5).
     """
-    head, listed = _response_head(resp, connection, framing, location, frozenset())
+    fields, listed = _response_fields(resp, location, frozenset())
     if listed:
-        head, _ = _response_head(resp, connection, framing, location, listed)
-    return head
+        fields, _ = _response_fields(resp, location, listed)
+    return fields
 
 
-def _response_head(resp: Response, connection: bytes, framing: bytes,
-                   location: Callable[[bytes], bytes] | None, listed: frozenset[bytes]
-                   ) -> tuple[bytes, frozenset[bytes]]:
+def _response_fields(resp: Response, location: Callable[[bytes], bytes] | None,
+                     listed: frozenset[bytes]) -> tuple[list[Header], frozenset[bytes]]:
     found = listed
-    status = resp.status
-    out = [b"HTTP/1.1 %d " % status, resp.reason or reason_phrase(status).encode(), b"\r\n"]
+    out = []
     via = b""
     dated = False
     for name, value in resp.headers:
         lname = name.lower()
         if lname not in _RESPONSE_SPECIAL:
             if not listed or lname not in listed:
-                out += (name, b": ", value, b"\r\n")
+                out.append((name, value))
         elif lname == b"connection":
             found = found | _tokens(value, _RESPONSE_SPECIAL)
         elif lname == b"via":
             via = value if not via else via + b", " + value
         elif lname == b"location":
-            out += (name, b": ", location(value) if location else value, b"\r\n")
+            out.append((name, location(value) if location else value))
         elif lname == b"date":
             dated = True
-            out += (name, b": ", value, b"\r\n")
+            out.append((name, value))
     via_rex = _VIA.get(resp.version, b"1.1 rex")
-    out += (b"Via: ", via + b", " + via_rex if via else via_rex, b"\r\n")
+    out.append((b"Via", via + b", " + via_rex if via else via_rex))
     if not dated:
         # RFC 9110 §6.6.1: a recipient with a clock adds Date when forwarding without one.
-        out += (b"Date: ", http_date(), b"\r\n")
-    if framing:
-        out.append(framing)
-    if resp.upgrade:
-        out.append(b"Connection: upgrade\r\nUpgrade: websocket\r\n")
-    elif connection:
-        out.append(connection)
-    out.append(b"\r\n")
-    return b"".join(out), found
+        out.append((b"Date", http_date()))
+    return out, found
 
 
-def interim_head(resp: Response) -> bytes:
-    """A 1xx other than 101 (e.g. 103 Early Hints) relayed as-is, minus hop-by-hop."""
+def interim_fields(resp: Response) -> list[Header]:
+    """The fields of a 1xx other than 101 (e.g. 103 Early Hints), minus hop-by-hop."""
     listed = connection_tokens(resp.headers)
-    out = [b"HTTP/1.1 %d " % resp.status, resp.reason or reason_phrase(resp.status).encode(),
-           b"\r\n"]
-    for name, value in resp.headers:
-        lname = name.lower()
-        if lname not in HOP_BY_HOP and lname not in listed:
-            out += (name, b": ", value, b"\r\n")
-    out.append(b"\r\n")
-    return b"".join(out)
-
-
-def trailer_block(fields: Sequence[tuple[bytes, bytes]]) -> bytes:
-    """The last chunk and trailer section that end a chunked body (RFC 9112 §7.1.2)."""
-    if not fields:
-        return b"0\r\n\r\n"
-    return b"0\r\n" + b"".join(b"%b: %b\r\n" % f for f in fields) + b"\r\n"
-
-
-def is_websocket(req: Request) -> bool:
-    """An Upgrade to WebSocket; other upgrades (h2c) are not tunnelled."""
-    if not req.upgrade:
-        return False
-    value = req.header(b"upgrade") or b""
-    return any(t.strip().lower() == b"websocket" for t in value.split(b","))
+    return [(name, value) for name, value in resp.headers
+            if name.lower() not in HOP_BY_HOP and name.lower() not in listed]
 
 
 # -- Location ------------------------------------------------------------------

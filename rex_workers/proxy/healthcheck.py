@@ -18,7 +18,7 @@ import time
 from types import ModuleType
 
 from ..config.model import HealthCheck, Upstream
-from ..http.http1 import HEAD, ResponseReader
+from ..http.h1read import HEAD, ResponseReader
 from ..http.request import HTTPError
 from .headers import host_header
 

@@ -8,7 +8,6 @@ a restarted container's new address is picked up (SPEC §5).
 
 from __future__ import annotations
 
-import errno
 import ipaddress
 import math
 import socket as _stdsocket
@@ -19,18 +18,11 @@ import time
 from gevent import socket
 
 from ..config.model import Upstream
+from ..http.wire import QUIET, peek
 
 DNS_TTL = 5.0
 IDLE_TIMEOUT = 55.0  # below the 60 s many servers (gunicorn: 2 s!) use; stale ones are retried
 MAX_IDLE_PER_UPSTREAM = 64
-
-
-def shutdown(sock: socket.socket) -> None:
-    """Shut both directions; wakes a greenlet blocked on ``sock`` without closing it."""
-    try:
-        sock.shutdown(_stdsocket.SHUT_RDWR)
-    except OSError:
-        pass  # already closed or never connected: nothing left to wake
 
 
 def abort(sock: socket.socket) -> None:
@@ -47,8 +39,6 @@ def abort(sock: socket.socket) -> None:
     sock.close()
 
 
-# A plain int: or-ing the socket module's flag enums costs a Python call per peek.
-_PEEK = int(_stdsocket.MSG_PEEK | _stdsocket.MSG_DONTWAIT)
 _LINGER_RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends RST
 
 
@@ -135,7 +125,9 @@ class ConnectionPool:
         now = time.monotonic()
         while idle:
             since, sock, state = idle.pop()
-            if now - since > IDLE_TIMEOUT or not _alive(sock):
+            # EOF, or bytes nobody asked for: either way the connection is unusable,
+            # and stray bytes must never be read as the next response.
+            if now - since > IDLE_TIMEOUT or peek(sock) != QUIET:
                 sock.close()
                 continue
             return sock, True, state
@@ -188,19 +180,3 @@ class ConnectionPool:
             for _since, sock, _state in idle:
                 sock.close()
         self._idle.clear()
-
-
-def _alive(sock: socket.socket) -> bool:
-    """True unless the peer has closed (or sent unsolicited bytes on) an idle socket."""
-    # The raw socket under gevent's wrapper: gevent's own recv would wait for
-    # readability instead of reporting EAGAIN, which is the answer we want here.
-    raw = getattr(sock, "_sock", sock)
-    try:
-        raw.recv(1, _PEEK)
-    except BlockingIOError:
-        return True
-    except OSError as exc:
-        return exc.errno in (errno.EAGAIN, errno.EWOULDBLOCK)
-    # EOF, or bytes nobody asked for: either way the connection is unusable, and
-    # stray bytes must never be read as the next response.
-    return False

@@ -66,7 +66,7 @@ class MeteredConn(ClientConn):
 
     def _close(self) -> None:
         received, sent = wire_bytes(self.sock)
-        metrics = self.rt.metrics
+        metrics = self.ctx.metrics
         metrics.listener(self.row, RECEIVED, received)
         metrics.listener(self.row, SENT, sent)
         super()._close()

@@ -14,6 +14,7 @@ import sys
 import time
 
 from ..config.model import Logging
+from ..http.message import Outcome
 from ..http.request import Request
 
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
@@ -79,12 +80,12 @@ class Log:
                 os.close(fd)
                 setattr(self, name, _open(target))
 
-    def access(self, req: Request, status: int, sent: int, duration: float) -> None:
+    def access(self, req: Request, outcome: Outcome, duration: float) -> None:
         if self._access is None:
             return
-        extra = req.extra
-        upstream = extra.get("upstream", "-")
-        urt = extra.get("upstream_time")
+        status, sent = outcome.status, outcome.sent
+        upstream = outcome.upstream
+        urt = outcome.upstream_time
         if self._json:
             line = json.dumps({
                 "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "remote": req.client_addr[0],

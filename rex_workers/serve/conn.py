@@ -1,37 +1,49 @@
-"""The client connection: read requests, pick a responder, write one response each.
+"""The HTTP/1.1 client connection: read requests, dispatch each, frame and write its response.
 
-Socket code, one greenlet per connection. This is the single place where an
-``HTTPError`` becomes an error page and where keep-alive is decided. Timeouts
-(SPEC §5): ``header`` for a whole request head (slowloris) and for the first
-request of a connection, ``idle`` between keep-alive requests, ``read`` for
-each body read and each write to a slow client.
+Socket code, one greenlet per connection. ``ClientConn`` is the HTTP/1.1
+implementation of the response seam (``http.message.Stream``): responders hand
+it a ``Response`` and it alone decides the framing, keep-alive (draining
+included), HEAD and 204/304 suppression, and sends, with the write timeout on
+every write, sendfile and raw pump. It is the one place where an ``HTTPError``
+becomes an error page. Timeouts (SPEC §5): ``header`` for a whole request head
+(slowloris) and for the first request of a connection, ``idle`` between
+keep-alive requests, ``read`` for each body read and each write to a slow
+client (a client that stops reading is cut after it).
 """
 
 from __future__ import annotations
 
 import time
 import traceback
-from typing import TYPE_CHECKING
+from collections.abc import Iterator, Sequence
 
-from ..http import deadline, pages
-from ..http.http1 import BODY, END, FAIL, HEAD, UPGRADE, RequestReader
-from ..http.request import HTTPError, Request, printable
-from ..http.urlpath import normalize
-from ..http.wire import send_all
-from ..proxy.exchange import Abort
-from ..proxy.headers import is_websocket
+from rex_static.sendfile import can_sendfile, send_file, send_head
 
-if TYPE_CHECKING:
-    from collections.abc import Iterator
+from ..http import deadline, filters, h1write, pages
+from ..http.filters import Chain
+from ..http.h1read import BODY, END, FAIL, HEAD, UPGRADE, RequestReader
+from ..http.h1write import CHUNKED, LENGTH, NO_BODY
+from ..http.message import (
+    FileRegion,
+    Filter,
+    Header,
+    Outcome,
+    Response,
+    SocketSpan,
+    Tunnel,
+)
+from ..http.request import Abort, HTTPError, Request, is_websocket, printable
+from ..http.wire import READ_SIZE, send_all
+from .tunnel import tunnel
 
-    from .runtime import Listener, Runtime
-
-READ_SIZE = 65536
 # After an error with unread request bytes, read (and drop) them this long
 # before closing: closing with unread data makes the kernel send a RST that can
 # destroy our error response before the client reads it (nginx: lingering_close).
 LINGER_TIME = 2.0
+# A proxied body relayed raw is read in pieces of this size into one buffer.
+PUMP_SIZE = 256 * 1024
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_CRLF = b"\r\n"
 
 
 def _fails_before_end(events) -> bool:
@@ -45,35 +57,54 @@ def _fails_before_end(events) -> bool:
 
 
 class ClientConn:
-    """One accepted client socket and the requests on it."""
+    """One accepted client socket and the requests on it (``Stream`` for each in turn).
+
+    ``ctx`` is what the worker shares with every connection: ``timeouts``,
+    ``limits``, ``draining``, ``tunnels``, ``access``/``access_raw``/``log_error``
+    and request counters (``serve.runtime.Runtime``). ``listener`` answers each
+    request through the stream (``serve.site.Listener.respond``) and names the
+    port and scheme the requests came in on.
+    """
 
     # Slots: ten thousand idle connections each hold one of these (no __dict__).
-    __slots__ = ("_body_done", "_body_seen", "_expect", "_linger", "addr", "idle",
-                 "keep_alive", "listener", "reader", "rt", "served", "sock", "trailers")
+    __slots__ = ("_body_done", "_body_seen", "_chain", "_expect", "_left", "_linger", "_mode",
+                 "_pending", "addr", "ctx", "filters", "idle", "keep_alive", "listener",
+                 "outcome", "reader", "request", "served", "sock", "trailers")
 
-    def __init__(self, sock, addr, listener: Listener, rt: Runtime) -> None:
+    def __init__(self, sock, addr, listener, ctx) -> None:
         self.sock = sock
-        self.rt = rt
+        self.ctx = ctx
         self.listener = listener
         self.addr = addr if isinstance(addr, tuple) else ("", 0)
         # Made when bytes arrive and dropped between requests: an idle keep-alive
         # connection then holds no parser (~3 KB less each; SPEC §5, 10k idle).
         self.reader: RequestReader | None = None
         self.keep_alive = True
-        self.trailers: list[tuple[bytes, bytes]] = []
         self.served = 0  # requests answered on this connection
         self.idle = True  # waiting for a request: a draining worker may close it
+        self._linger = False
+        self._clear()
+
+    def _clear(self) -> None:
+        """Forget the last request: an idle connection keeps nothing of it."""
+        self.request: Request | None = None
+        self.outcome: Outcome | None = None
+        self.filters: Sequence[Filter] = ()
+        self.trailers: list[Header] = []
         self._body_done = True
         self._body_seen = 0
         self._expect = False
-        self._linger = False
+        self._mode = ""  # "" until a response head was committed
+        self._pending = b""  # response bytes not sent yet (the head waits for the body)
+        self._left = 0  # body bytes a Content-Length still allows
+        self._chain: Chain | None = None
 
     # -- the connection loop ----------------------------------------------------
     def serve(self) -> None:
-        rt = self.rt
-        rt.open_connections += 1
+        ctx = self.ctx
+        ctx.open_connections += 1
         try:
-            while self.keep_alive and not rt.draining:
+            while self.keep_alive and not ctx.draining:
                 req = self._next_request()
                 if req is None:
                     break
@@ -88,25 +119,30 @@ class ClientConn:
             self.log_error(f"internal error: {type(exc).__name__}: {exc}\n"
                            + traceback.format_exc().rstrip())
         finally:
-            rt.open_connections -= 1
+            ctx.open_connections -= 1
             self._close()
 
     def _handle(self, req: Request) -> None:
         started = time.monotonic()
-        status, sent = 0, 0
+        self.request = req
+        outcome = self.outcome = Outcome()
         try:
-            status, sent = self._dispatch(req)
+            self._start_body(req)
+            if req.upgrade:
+                self._check_upgrade(req)
+            if not req.keep_alive:
+                self.keep_alive = False
+            self.listener.respond(self)
         except HTTPError as exc:
-            status, sent = self._error(req, exc)
+            self._error(req, exc)
         except Abort:
-            # The response had started when the exchange failed: closing is the
-            # only way left to tell the client its response is incomplete.
+            # The response had started when it failed: closing is the only way
+            # left to tell the client its response is incomplete.
             self.keep_alive = False
-            status, sent = req.extra.get("status", 502), req.extra.get("sent", 0)
         except OSError:
             # The client went away (nginx logs these as 499); serve() ends the connection.
             self.keep_alive = False
-            status, sent = req.extra.get("status") or 499, req.extra.get("sent", 0)
+            outcome.status = outcome.status or 499
             raise
         finally:
             if not self._body_done:
@@ -114,38 +150,38 @@ class ClientConn:
                 # a request head, so this connection cannot carry another request.
                 self.keep_alive = False
                 self._linger = True
-            self.rt.requests += 1
-            self.rt.access(req, status, sent, time.monotonic() - started)
+            ctx = self.ctx
+            ctx.requests += 1
+            ctx.access(req, outcome, time.monotonic() - started)
+            self._clear()
 
-    def _error(self, req: Request, exc: HTTPError) -> tuple[int, int]:
+    def _check_upgrade(self, req: Request) -> None:
+        if req.has_body:
+            # llhttp hands everything after an upgrade head to the tunnel, so
+            # a body here has no framing we could honour.
+            raise HTTPError("upgrade request with a body", 400)
+        # Only WebSocket is tunnelled; h2c and the like are served as plain
+        # HTTP/1.1 and the connection closes after, as llhttp stopped parsing.
+        req.upgrade = is_websocket(req)
+
+    def _error(self, req: Request, exc: HTTPError) -> None:
+        """The one place an HTTPError becomes a page (h11's idea)."""
         if exc.status >= 500:
             self.log_error(f"{exc.status} {req.method} {printable(req.raw_path)}: {exc.reason}")
         if exc.close or not self._body_done:
             self.keep_alive = False
             self._linger = True
-        body = pages.page(exc.status)
-        self.send(pages.response(exc.status, body, keep_alive=self.keep_alive and req.keep_alive,
-                                 head_only=req.method == "HEAD", version=req.version))
-        return exc.status, len(body)
-
-    def _dispatch(self, req: Request) -> tuple[int, int]:
-        req.path = normalize(req.raw_path)
-        if req.upgrade:
-            if req.has_body:
-                # llhttp hands everything after an upgrade head to the tunnel, so
-                # a body here has no framing we could honour.
-                raise HTTPError("upgrade request with a body", 400)
-            # Only WebSocket is tunnelled; h2c and the like are served as plain
-            # HTTP/1.1 and the connection closes after, as llhttp stopped parsing.
-            req.upgrade = is_websocket(req)
-        if not req.keep_alive:
+        if self._mode:
+            # A head has gone out already (a WSGI app failed reading its body after
+            # starting its response): the page cannot follow it; cut instead.
             self.keep_alive = False
-        self._start_body(req)
-        return self.listener.respond(self, req)
+            return
+        self.filters = ()  # an error page is Rex's own: nothing of the route applies
+        self.respond(pages.response(exc.status))
 
     # -- reading requests -------------------------------------------------------
     def _next_request(self) -> Request | None:
-        timeouts = self.rt.timeouts
+        timeouts = self.ctx.timeouts
         deadline = None
         while True:
             reader = self.reader
@@ -201,38 +237,36 @@ class ClientConn:
         reader = self.reader
         if reader is None:
             listener = self.listener
-            reader = self.reader = RequestReader(self.rt.limits.header_bytes, self.addr[:2],
+            reader = self.reader = RequestReader(self.ctx.limits.header_bytes, self.addr[:2],
                                                  listener.port, listener.scheme)
         reader.feed(data)
         return True
 
     def _error_without_request(self, exc: HTTPError) -> None:
-        """A request we could not even parse: answer and close (h11's one place)."""
+        """A request we could not even parse: answer and close."""
         self.keep_alive = False
         self._linger = True
         if self.reader is not None:
             self.reader.in_head = False  # answered: nothing more to time out
-        self.rt.access_raw(self.addr[0], exc.status)
+        self.ctx.access_raw(self.addr[0], exc.status)
+        resp = pages.response(exc.status)
         try:
-            self.send(pages.response(exc.status))
+            self._send(h1write.head(resp.status, resp.headers, mode=h1write.LENGTH,
+                                    length=resp.length, keep_alive=False, version="1.1")
+                       + resp.body)
         except OSError:
             pass  # the client is gone; the error was for it alone
 
-    # -- request bodies ----------------------------------------------------------
+    # -- request bodies (the Stream's request side) ---------------------------------
     def _start_body(self, req: Request) -> None:
-        limit = self.rt.limits.body_bytes
-        self.trailers = []
-        self._body_seen = 0
-        self._expect = False
         if not req.has_body:
             # A bodyless request's END came in the same feed as its head.
             events = self.reader.events
             if events and events[0][0] == END:
                 events.popleft()
-            self._body_done = True
             return
         self._body_done = False
-        if req.content_length is not None and req.content_length > limit:
+        if req.content_length is not None and req.content_length > self.ctx.limits.body_bytes:
             raise HTTPError(f"body of {req.content_length} bytes over the limit", 413)
         expect = req.header(b"expect")
         if expect is not None:
@@ -244,8 +278,8 @@ class ClientConn:
     def buffered_body(self) -> list[bytes] | None:
         """The whole request body when it has already arrived (small bodies), else None.
 
-        Consumes it like ``body_pieces`` would. Lets the proxy send head and body
-        in one write, and replay them on a fresh upstream connection.
+        Consumes it like ``body`` would. Lets the proxy send head and body in
+        one write, and replay them on a fresh upstream connection.
         """
         if self._body_done:
             return []
@@ -270,13 +304,13 @@ class ClientConn:
         self._expect = False
         return pieces
 
-    def body_pieces(self) -> Iterator[bytes]:
-        """Yield the request body as it arrives (de-chunked); the proxy pulls it."""
+    def body(self) -> Iterator[bytes]:
+        """Yield the request body as it arrives (de-chunked); the responder pulls it."""
         if self._body_done:
             return
         self.expect_continue()
         events = self.reader.events
-        read_timeout = self.rt.timeouts.read
+        read_timeout = self.ctx.timeouts.read
         while True:
             while events:
                 kind, payload = events.popleft()
@@ -302,14 +336,17 @@ class ClientConn:
         """Send the 100 (Continue) the client waits for, once (RFC 9110 §10.1.1)."""
         if self._expect:
             self._expect = False
-            self.send(_CONTINUE)
+            self._send(_CONTINUE)
+
+    def body_pending(self) -> bool:
+        return not self._body_done
 
     def _count(self, size: int) -> None:
         self._body_seen += size
-        if self._body_seen > self.rt.limits.body_bytes:
+        if self._body_seen > self.ctx.limits.body_bytes:
             raise HTTPError("request body over the limit", 413)
 
-    def take_upgrade_data(self) -> bytes:
+    def _take_upgrade_data(self) -> bytes:
         """Bytes the client sent after its Upgrade request (tunnel start)."""
         events = self.reader.events
         data = b""
@@ -319,14 +356,189 @@ class ClientConn:
                 data += payload
         return data
 
-    def body_pending(self) -> bool:
-        return not self._body_done
+    # -- responses (the Stream's response side) -------------------------------------
+    def start(self, response: Response) -> None:
+        """Commit the head of ``response``; it goes out with the first body bytes."""
+        req = self.request
+        if self.filters:
+            self._chain = filters.start(self.filters, req, response)
+        ctx = self.ctx
+        keep_alive = (self.keep_alive and req.keep_alive and self._body_done
+                      and not response.close and not ctx.draining)
+        mode, self.keep_alive = h1write.framing(req.method, req.version, response.status,
+                                                response.length, keep_alive)
+        self._mode = mode
+        self._left = response.length or 0
+        self.outcome.status = response.status
+        self._pending = h1write.head(response.status, response.headers, mode=mode,
+                                     length=response.length, keep_alive=self.keep_alive,
+                                     version=req.version, reason=response.reason)
 
-    # -- writing ------------------------------------------------------------------
-    def send(self, data: bytes) -> None:
-        self.sock.settimeout(self.rt.timeouts.read)
-        send_all(self.sock, data)
+    def write(self, data: bytes) -> None:
+        """Body bytes of the started response; an empty write sends what is held."""
+        if self._chain is not None:
+            data = self._chain.feed(data)
+        self._put(data, True)
 
+    def end(self, trailers: Sequence[Header] = ()) -> None:
+        """The body is complete: send what is held, the last chunk and trailers."""
+        if self._chain is not None:
+            tail, self._chain = self._chain.finish(), None
+            self._put(tail, False)
+        mode = self._mode
+        out = self._pending
+        self._pending = b""
+        if mode == CHUNKED:
+            out += h1write.trailer_block(trailers)
+        elif mode == LENGTH and self._left:
+            # The client would wait for bytes that never come: closing ends it.
+            self._log_body(f"response body {self._left} bytes shorter than its Content-Length")
+            self.keep_alive = False
+        if out:
+            self._send(out)
+
+    def respond(self, response: Response) -> None:
+        """Send ``response`` whole: head, then its body by the fastest path this socket has."""
+        body = response.body
+        kind = type(body)
+        if kind is Tunnel:
+            self._tunnel(response, body)
+            return
+        self.start(response)
+        if self._chain is not None:
+            for data in filters.as_bytes(body):
+                self.write(data)
+        elif self._mode == NO_BODY:
+            if kind is not bytes and kind is not memoryview and kind is not FileRegion:
+                for _ in body:
+                    pass  # a streamed source learns it is done (a proxied 304 frees its socket)
+        elif kind is bytes or kind is memoryview:
+            self._put(body, False)
+        elif kind is FileRegion:
+            self._send_region(body)
+        else:
+            self._stream(body)
+        self.end(getattr(body, "trailers", ()))
+
+    def interim(self, status: int, headers: list[Header], reason: bytes = b"") -> None:
+        """A 1xx before the response (e.g. 103 Early Hints); never to HTTP/1.0 clients."""
+        if self.request.version == "1.1":
+            self._send(h1write.interim(status, headers, reason))
+
+    def _stream(self, parts) -> None:
+        it = iter(parts)
+        for part in it:
+            kind = type(part)
+            if kind is bytes or kind is memoryview:
+                # Hold the bytes when the source says it has no more: they go out
+                # with the end of the body (one send for a small proxied answer).
+                self._put(part, not getattr(it, "done", False))
+            elif kind is FileRegion:
+                self._send_region(part)
+            else:
+                self._pump(part)
+
+    def _put(self, data, flush: bool) -> None:
+        """Frame ``data`` after what is held; send it all now when ``flush``."""
+        mode = self._mode
+        if data and mode != NO_BODY:  # HEAD, 204, 304: the head is all there is to send
+            if mode == LENGTH and len(data) > self._left:
+                # Extra bytes would be read as the next response (RFC 9112 §6.3).
+                self._log_body(f"response body longer than its Content-Length; "
+                               f"{len(data) - self._left} bytes dropped")
+                data = data[:self._left]
+            self._left -= len(data)
+            self.outcome.sent += len(data)
+            if mode == CHUNKED and data:
+                data = b"%x\r\n%b\r\n" % (len(data), data)
+            self._pending += data
+        if flush and self._pending:
+            data, self._pending = self._pending, b""
+            self._send(data)
+
+    def _send_region(self, region: FileRegion) -> None:
+        """A file region with sendfile (a copy where the socket cannot: TLS)."""
+        count = region.count
+        if self._mode == LENGTH and count > self._left:
+            self._log_body(f"response body longer than its Content-Length; "
+                           f"{count - self._left} bytes dropped")
+            count = self._left
+        if not count:
+            return
+        if self._mode == CHUNKED:
+            self._pending += b"%x\r\n" % count
+        self._left -= count
+        sock = self.sock
+        sock.settimeout(self.ctx.timeouts.read)  # also each wait of the sendfile pump
+        head, self._pending = self._pending, b""
+        if head:
+            send_head(sock, head, file_follows=True)
+        sent = send_file(sock, region.fd, region.offset, count)
+        self.outcome.sent += sent
+        if sent < count:
+            # Content-Length promised more than the file now holds: the only
+            # honest end is to close the connection (RFC 9112 §6.3 framing).
+            self._log_body(f"file shrank while being sent ({sent} of {count} bytes)")
+            raise Abort()
+        if self._mode == CHUNKED:
+            self._pending = _CRLF
+
+    def _pump(self, span: SocketSpan) -> None:
+        """Relay ``span.count`` bytes from another socket as they come: no parser, one buffer.
+
+        Reads never go past the span, so bytes the peer sends after it stay in
+        its socket. A failed read cuts the response (``Abort``); a client that
+        stops reading is cut by the write timeout.
+        """
+        left = span.count
+        if self._mode == CHUNKED:
+            self._pending += b"%x\r\n" % left
+        elif self._mode == LENGTH:
+            self._left -= left
+        head, self._pending = self._pending, b""
+        if head:
+            self._send(head)
+        buf = memoryview(bytearray(min(left, PUMP_SIZE)))
+        recv_into, timeout, send = span.sock.recv_into, span.timeout, self._send
+        outcome = self.outcome
+        while left:
+            piece = buf[:left] if left < len(buf) else buf
+            try:
+                n = deadline.call(timeout, recv_into, piece)
+            except OSError:  # TimeoutError included
+                raise Abort() from None
+            if not n:
+                raise Abort()  # the peer closed in the middle of the body
+            left -= n
+            outcome.sent += n
+            send(piece[:n])
+        if self._mode == CHUNKED:
+            self._pending = _CRLF
+
+    def _tunnel(self, response: Response, tun: Tunnel) -> None:
+        """Send the 101 and what followed it, then pump until either side closes."""
+        self.keep_alive = False
+        self.outcome.status = response.status
+        self._mode = NO_BODY
+        self._send(h1write.head(response.status, response.headers, mode=NO_BODY, length=None,
+                                keep_alive=False, version="1.1", reason=response.reason,
+                                upgrade=tun.protocol) + tun.early)
+        early = self._take_upgrade_data()
+        if early:
+            send_all(tun.peer, early)
+        tunnel(self.sock, tun.peer, self.ctx.tunnels)
+
+    def _send(self, data) -> None:
+        sock = self.sock
+        sock.settimeout(self.ctx.timeouts.read)
+        send_all(sock, data)
+
+    def _log_body(self, message: str) -> None:
+        req = self.request
+        self.log_error(f"{message} ({req.method} {printable(req.raw_path)}, "
+                       f"{self.outcome.upstream})")
+
+    # -- closing ------------------------------------------------------------------
     def _drop_reader(self) -> None:
         if self.reader is not None:
             self.reader.release()  # no cycle left for the garbage collector
@@ -347,5 +559,15 @@ class ClientConn:
                 pass  # the client closed or timed out: lingering is over either way
         sock.close()
 
+    def local_address(self) -> str:
+        """The address the request arrived on (SERVER_NAME for a request without Host)."""
+        try:
+            return str(self.sock.getsockname()[0])
+        except (OSError, IndexError, TypeError):
+            return "localhost"  # not an IP socket (tests); any name will do
+
     def log_error(self, message: str) -> None:
-        self.rt.log_error(f"{self.addr[0]}: {message}")
+        self.ctx.log_error(f"{self.addr[0]}: {message}")
+
+
+__all__ = ["ClientConn", "can_sendfile"]

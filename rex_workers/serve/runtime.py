@@ -1,43 +1,30 @@
 """A worker's live state, built once after fork from the frozen config.
 
-Holds what every connection shares inside one worker: listeners and sites,
-upstream groups, the connection pool, logs and counters. Created by
-``worker.run``; passed explicitly (no module globals) to each connection.
+Holds what every connection shares inside one worker: listeners and sites, the
+proxy (upstream groups and the connection pool), the WSGI apps, logs and
+counters. Created by ``worker``; passed explicitly (no module globals) to each
+connection, which knows it as its context (``ClientConn.ctx``).
 
-Metrics (``metrics.Recorder``) are counted here, because every request passes
-``access`` exactly once; the site and route that answered are noted in
-``req.extra`` on the way in (``_CountingListener``, ``forward``, ``wsgi``).
+Metrics (``shared.metrics.Recorder``) are counted here: every request passes
+``access`` exactly once with its ``Outcome``, and every failed upstream attempt
+reaches ``_failed_attempt`` through the callback its group was built with.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
 
-from ..config.model import Config
-from ..config.routing import VirtualHosts
+from ..config.model import Config, Instance, Route, Upstream
+from ..config.routing import RouteTable, VirtualHosts
+from ..http.message import Outcome
+from ..http.request import Request
 from ..proxy.balancer import UpstreamGroup
-from ..proxy.exchange import forward
+from ..proxy.exchange import Proxy, Target
 from ..proxy.headers import TrustedProxies
 from ..proxy.upstream import ConnectionPool
 from ..shared.metrics import NOT_ROUTED, Layout, Recorder, route_label
 from .accesslog import Log
-from .site import Listener, Target
-
-if TYPE_CHECKING:
-    from ..config.model import Route
-    from ..http.request import Request
-    from .conn import ClientConn
-
-__all__ = ["Runtime", "Target"]
-
-
-class _CountingListener(Listener):
-    """A Listener that notes which site (instance) answered, for the metrics' labels."""
-
-    def respond(self, conn: ClientConn, req: Request) -> tuple[int, int]:
-        site = self.single or self.sites[self.vhosts.select(req.host).index]
-        req.extra["site"] = site.instance.index
-        return super().respond(conn, req)
+from .site import Listener, Site
 
 
 class Runtime:
@@ -49,85 +36,59 @@ class Runtime:
         self.trusted = TrustedProxies(config.trusted_proxies)
         self.pool = ConnectionPool()
         self.log = Log(config.logging, worker_name)
-        self.global_group = (UpstreamGroup(config.upstream, config.upstream_balance)
-                             if config.upstream else None)
-        self.listeners = {addr: _CountingListener(addr, vh, self) for addr, vh in vhosts.items()}
         self.metrics = Recorder(layout or Layout(config))
-        self._upstream_rows = self._count_failures()
+        self.proxy = Proxy(self.pool, self.trusted, config.limits.header_bytes)
+        # (site label, route, group, upstream key -> metrics row) of every balancer.
+        self._groups: list[tuple[str, Route | None, UpstreamGroup, dict[str, int]]] = []
+        self.wsgi = None
+        if config.has_wsgi:
+            from ..wsgi.host import WSGIApps
+
+            # Imported now, at boot, so a bad import fails the worker's start.
+            self.wsgi = WSGIApps(config, self.trusted.__contains__)
+        self.global_target = None
+        if config.upstream:
+            group = self._group(config.upstream, config.upstream_balance, site=NOT_ROUTED,
+                                route=None)
+            self.global_target = Target(group, None, 0, config.timeouts)
+        self.listeners = {addr: Listener(addr, vh, self._site) for addr, vh in vhosts.items()}
         self.draining = False
         self.requests = 0
         self.open_connections = 0
-        self.connections: set[ClientConn] = set()
+        self.connections: set = set()
         self.tunnels: set = set()
-        self._wsgi = None
 
-    # -- responders the sites call ------------------------------------------------
-    def forward(self, conn: ClientConn, req: Request, target: Target) -> tuple[int, int]:
-        req.extra["route"] = target.route
-        return forward(conn, req, target)
+    def _site(self, instance: Instance, table: RouteTable) -> Site:
+        return Site(instance, table, self.proxy, self.global_target, self.wsgi, self._group)
 
-    def load_wsgi(self) -> None:
-        """Import every WSGI app now, at boot, so a bad import fails the worker's start."""
-        from ..wsgi.host import WSGIApps
-
-        self._wsgi = WSGIApps(self)
-
-    def wsgi(self, conn: ClientConn, req: Request, route: Route, strip: int) -> tuple[int, int]:
-        req.extra["route"] = route
-        return self._wsgi.serve(conn, req, route, strip)
+    def _group(self, upstreams: Sequence[Upstream], balance: str, *, site: str,
+               route: Route | None) -> UpstreamGroup:
+        """A balancer whose failed attempts are counted in this worker's metrics."""
+        label = route_label(route)
+        rows = {up.key: self.metrics.layout.upstream_row(site, label, up.key) for up in upstreams}
+        failed = self.metrics.upstream_failed
+        group = UpstreamGroup(upstreams, balance, on_failure=lambda up: failed(rows[up.key]))
+        self._groups.append((site, route, group, rows))
+        return group
 
     # -- upstream groups: health sharing and metrics --------------------------------
     def groups(self) -> list[tuple[str, Route | None, UpstreamGroup]]:
         """(site label, route, group) for every balancer of this worker; "-": the global pool."""
-        found = []
-        for listener in self.listeners.values():
-            for site in listener.sites.values():
-                routes = {r.index: r for r in site.instance.routes}
-                found += [(str(site.instance.index), routes[index], group)
-                          for index, group in site.groups.items()]
-        if self.global_group is not None:
-            found.append((NOT_ROUTED, None, self.global_group))
-        return found
-
-    def _count_failures(self) -> list[tuple[UpstreamGroup, dict[str, int]]]:
-        """Count each group's failed attempts per upstream; returns (group, key -> row).
-
-        ``UpstreamGroup.failed`` is the one call every failed attempt makes
-        (proxy.py); wrapping it on each instance counts failures without the
-        proxy knowing about metrics.
-        """
-        rows = []
-        for site, route, group in self.groups():
-            label = route_label(route)
-            keys = {up.key: self.metrics.layout.upstream_row(site, label, up.key)
-                    for up in group.upstreams}
-            rows.append((group, keys))
-            group.failed = self._counting(group.failed, keys)
-        return rows
-
-    def _counting(self, failed, keys: dict[str, int]):
-        metrics = self.metrics
-
-        def counted(up) -> bool:
-            metrics.upstream_failed(keys[up.key])
-            return failed(up)
-
-        return counted
+        return [(site, route, group) for site, route, group, _rows in self._groups]
 
     def upstream_gauges(self) -> None:
         """Copy every balancer's view of its upstreams into the metrics (before publishing)."""
-        for group, keys in self._upstream_rows:
+        for _site, _route, group, rows in self._groups:
             for state in group.state():
-                self.metrics.upstream_gauges(keys[state["key"]], state)
+                self.metrics.upstream_gauges(rows[state["key"]], state)
 
     # -- logging ------------------------------------------------------------------
-    def access(self, req: Request, status: int, sent: int, duration: float) -> None:
-        extra = req.extra
-        site = extra.get("site")
-        route = route_label(extra["route"]) if "route" in extra else NOT_ROUTED
-        self.metrics.request(NOT_ROUTED if site is None else str(site), route, status, sent,
-                             duration)
-        self.log.access(req, status, sent, duration)
+    def access(self, req: Request, outcome: Outcome, duration: float) -> None:
+        site, route = outcome.site, outcome.route
+        self.metrics.request(NOT_ROUTED if site is None else str(site),
+                             NOT_ROUTED if route is None else route,
+                             outcome.status, outcome.sent, duration)
+        self.log.access(req, outcome, duration)
 
     def access_raw(self, remote: str, status: int) -> None:
         self.log.access_raw(remote, status)

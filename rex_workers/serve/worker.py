@@ -31,6 +31,7 @@ import gevent.socket
 
 from ..config.model import Config
 from ..config.routing import VirtualHosts
+from ..http.wire import WAITING, peek, shutdown
 from ..master.daemon import set_title
 from ..shared.metrics import Shared
 from ..shared.scoreboard import BOOT_FAILED, DRAINING, READY, SlotWriter
@@ -135,8 +136,6 @@ class Worker:
         # multiplied by the number of workers); every worker applies the verdicts.
         self.health = (HealthSharing(shared.health, [(r, g) for _s, r, g in self.rt.groups()],
                                      worker_id == 1, self.rt.log.info) if shared else None)
-        if config.has_wsgi:
-            self.rt.load_wsgi()
         self.pool = Pool(config.limits.connections)
         self.servers = []
         for address, sock in sockets.items():
@@ -234,7 +233,7 @@ class Worker:
                               if conn.idle}
                 for conn, since in idle_since.items():
                     if now - since >= grace and _quiet(conn):
-                        _shutdown(conn.sock)
+                        shutdown(conn.sock)  # wakes the connection's recv with EOF
                 gevent.sleep(DRAIN_TICK)
         finally:
             marker.stop()
@@ -264,18 +263,9 @@ def _quiet(conn) -> bool:
     pending = getattr(conn.sock, "pending", None)  # TLS: bytes decrypted but not yet read
     if pending is not None and pending():
         return False
-    raw = getattr(conn.sock, "_sock", conn.sock)
-    try:
-        return not raw.recv(1, _stdsocket.MSG_PEEK | _stdsocket.MSG_DONTWAIT)
-    except BlockingIOError:
-        return True  # nothing to read: quiet
-    except OSError:
-        return True  # already broken: closing it is all that is left
+    # Nothing to read is quiet; a socket already closed or broken has nothing
+    # left to lose either, and closing it is all that is left.
+    return peek(conn.sock) != WAITING
 
 
-def _shutdown(sock) -> None:
-    try:
-        sock.shutdown(_stdsocket.SHUT_RDWR)  # wakes the handler's recv with EOF
-    except OSError:
-        pass  # already gone
 

@@ -1,4 +1,4 @@
-"""Unit tests of rex_workers.http.http1: bytes in, events or HTTPError out (no sockets)."""
+"""Unit tests of rex_workers.http.h1read: bytes in, events or HTTPError out (no sockets)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import weakref
 
 import pytest
 
-from rex_workers.http.http1 import (
+from rex_workers.http.h1read import (
     BODY,
     END,
     FAIL,
