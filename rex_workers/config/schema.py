@@ -228,19 +228,3 @@ def parse_destination(text: str) -> Upstream:
         raise ValueError(f"invalid host in destination {text}")
     return Upstream(url=url, scheme=scheme, host=host, port=port or DEFAULT_PORTS[scheme],
                     base_path=parts.path.rstrip("/"))
-
-
-def route_path_problem(path: str) -> str | None:
-    """Why ``path`` is not a route pattern (SPEC §4), or None when it is one."""
-    if not path.startswith("/"):
-        return 'must start with "/"'
-    if any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in path):
-        return "must not contain spaces or control characters"
-    segments = path.split("/")[1:]
-    if "" in segments[:-1]:
-        return "must not contain an empty segment (//)"
-    if "." in segments or ".." in segments:
-        return "must not contain . or .. segments (requests are matched after resolving them)"
-    if any("**" in s and s != "**" for s in segments):  # "a**b" would only mean "a*b"
-        return "** must be a whole segment (/a/**/b)"
-    return None

@@ -19,13 +19,13 @@ from collections.abc import Sequence
 import cerberus
 from cerberus import errors
 
+from .routing import pattern_error
 from .schema import (
     SCHEMA,
     STREAMS,
     parse_destination,
     parse_duration,
     parse_size,
-    route_path_problem,
     valid_host,
 )
 
@@ -128,7 +128,7 @@ class RexValidator(cerberus.Validator):
             self._error(field, f"not an HTTP method: {value!r}")
 
     def _check_with_route_path(self, field, value):
-        problem = route_path_problem(value)
+        problem = pattern_error(value)
         if problem:
             self._error(field, problem)
 
