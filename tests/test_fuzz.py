@@ -334,7 +334,8 @@ request_paths = st.tuples(st.lists(st.sampled_from(PATH_SEGMENTS), max_size=5), 
 
 
 def build_routes(spec: list) -> list[Route]:
-    return [Route(path="/" + "/".join(segments) + ("/" if slash else ""), index=i,
+    # a trailing slash after no segment at all would be "//", which is no pattern
+    return [Route(path="/" + "/".join(segments) + ("/" if slash and segments else ""), index=i,
                   methods=methods, priority=priority)
             for i, (segments, methods, priority, slash) in enumerate(spec)]
 

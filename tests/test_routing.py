@@ -131,7 +131,6 @@ STRIPS = [
     ("/*", "/x", 0),
     ("/api", "/api/v1", 1),
     ("/api/", "/api/v1", 1),
-    ("//api//v1/", "/api/v1/x", 2),
     ("/api/v1/*", "/api/v1/x", 2),
     ("/api/v1/*.js", "/api/v1/x.js", 2),
     ("/users/*/avatar", "/users/1/avatar", 1),
@@ -192,17 +191,28 @@ def test_allowed_is_the_union_of_matching_routes_methods() -> None:
     assert routes.allowed("/static/x") == frozenset()  # every method: never a 405
 
 
+DOTS = "must not contain . or .. segments (requests are matched after resolving them)"
+
+
 @pytest.mark.parametrize(
     ("pattern", "error"),
     [
         ("/api", None),
         ("/", None),
         ("/a/**/b", None),
-        ("api", "a route path must start with '/'"),
-        ("", "a route path must start with '/'"),
-        ("*", "a route path must start with '/'"),
-        ("/a/../b", "a route path cannot contain '.' or '..' segments"),
-        ("/a/./b", "a route path cannot contain '.' or '..' segments"),
+        ("/a/", None),
+        ("api", 'must start with "/"'),
+        ("", 'must start with "/"'),
+        ("*", 'must start with "/"'),
+        ("/a/../b", DOTS),
+        ("/a/./b", DOTS),
+        ("/a/..", DOTS),
+        ("/a//b", "must not contain an empty segment (//)"),
+        ("//", "must not contain an empty segment (//)"),
+        ("//api//v1/", "must not contain an empty segment (//)"),
+        ("/a/**x", "** must be a whole segment (/a/**/b)"),
+        ("/a b", "must not contain spaces or control characters"),
+        ("/a\x7f", "must not contain spaces or control characters"),
     ],
 )
 def test_pattern_error(pattern: str, error: str | None) -> None:

@@ -1,9 +1,10 @@
 """Load ``rex.config.yaml`` into the frozen model (``model.py``), or say every problem at once.
 
 May: read the one file, compose its YAML node tree to keep line numbers, run the schema
-(``schema.py``), check the rules that span instances, and build model objects. May not:
-bind sockets, import the WSGI apps it names, import gevent, print or exit; the CLI prints
-``str(ConfigError)`` and exits 2. Every error line reads ``file:line: dotted.path: message``.
+(``schema.py``, through ``validator.py``), check the rules that span instances, and build
+model objects. May not: bind sockets, import the WSGI apps it names, import gevent, print
+or exit; the CLI prints ``str(ConfigError)`` and exits 2. Every error line reads
+``file:line: dotted.path: message``.
 """
 
 from __future__ import annotations
@@ -29,11 +30,8 @@ from .model import (
     Timeouts,
     Upstream,
 )
-from .schema import (
-    SCHEMA,
-    RexValidator,
-    parse_destination,
-)
+from .schema import SCHEMA, parse_destination
+from .validator import RexValidator
 
 __all__ = ["ConfigError", "config_digest", "default_config", "load_config", "parse_destination"]
 

@@ -45,11 +45,22 @@ class Match:
 
 
 def pattern_error(pattern: str) -> str | None:
-    """Why ``pattern`` can never be a route path, or None if it is fine."""
+    """Why ``pattern`` is not a route path (SPEC §4), or None when it is one.
+
+    The one rule set: the validator reports it against the config file's line,
+    and ``RouteTable`` refuses a pattern that reached it some other way.
+    """
     if not pattern.startswith("/"):
-        return "a route path must start with '/'"
-    if any(s in (".", "..") for s in pattern.split("/")):
-        return "a route path cannot contain '.' or '..' segments"
+        return 'must start with "/"'
+    if any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in pattern):
+        return "must not contain spaces or control characters"
+    segments = pattern.split("/")[1:]
+    if "" in segments[:-1]:
+        return "must not contain an empty segment (//)"
+    if "." in segments or ".." in segments:
+        return "must not contain . or .. segments (requests are matched after resolving them)"
+    if any(DEEP in s and s != DEEP for s in segments):  # "a**b" would only mean "a*b"
+        return "** must be a whole segment (/a/**/b)"
     return None
 
 
@@ -59,7 +70,8 @@ def _pattern_segments(pattern: str) -> list[str]:
         raise ValueError(f"route path {pattern!r}: {error}")
     segments: list[str] = []
     for segment in pattern.split("/"):
-        # Empty segments merge as they do in request paths; "/a/**/**" is "/a/**".
+        # Skips the empty segments before the first "/" and after a trailing one;
+        # "/a/**/**" is "/a/**".
         if segment and not (segment == DEEP and segments[-1:] == [DEEP]):
             segments.append(segment)
     # Every pattern matches everything below what it matched, so a trailing

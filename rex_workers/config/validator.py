@@ -1,0 +1,291 @@
+"""Cerberus with Rex's values: the Validator that runs ``schema.SCHEMA`` and words its errors.
+
+May: coerce the human spellings ("10m", "30s", "get", a lone string for a list) into plain
+values, check one value at a time (destinations, route patterns, CIDRs, paths that must
+exist), and turn Cerberus errors into ``(document path, message)`` pairs people can act on
+(did-you-mean hints from the schema's allowed keys). May not: define keys (``schema.py``
+does), read the YAML file, know line numbers, build model objects, or import gevent.
+Cross-instance rules (shared ports, duplicate routes) live in ``loader.py``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import os
+import re
+from collections.abc import Sequence
+
+import cerberus
+from cerberus import errors
+
+from .routing import pattern_error
+from .schema import (
+    SCHEMA,
+    STREAMS,
+    parse_destination,
+    parse_duration,
+    parse_size,
+    valid_host,
+)
+
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110 §5.6.2 tchar
+_DOTTED = r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*"
+_WSGI = re.compile(rf"wsgi:({_DOTTED}):([A-Za-z_]\w*(?:\(\))?)")
+
+# ---------------------------------------------------------------------- validator
+
+
+class RexValidator(cerberus.Validator):
+    """Cerberus plus Rex's value types. Pass ``base_dir=`` (the config file's directory).
+
+    ``errors`` is a list of ``(document path, message)`` (see ``Problems``).
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("error_handler", Problems)  # child validators bring their own
+        super().__init__(*args, **kwargs)
+
+    types_mapping = {
+        **cerberus.Validator.types_mapping,
+        # YAML true is a Python int; a port or a count must not accept it
+        "integer": cerberus.TypeDefinition("integer", (int,), (bool,)),
+        "duration": cerberus.TypeDefinition("duration", (int, float), (bool,)),
+        "size": cerberus.TypeDefinition("size", (int,), (bool,)),
+    }
+
+    # -- coercers: never raise; a value they cannot read is left for the type rule to report
+
+    def _normalize_coerce_duration(self, value):
+        seconds = parse_duration(value)
+        return value if seconds is None else seconds
+
+    def _normalize_coerce_size(self, value):
+        size = parse_size(value)
+        return value if size is None else size
+
+    def _normalize_coerce_listify(self, value):
+        return [value] if isinstance(value, (str, dict)) else value
+
+    def _normalize_coerce_methods(self, value):
+        value = self._normalize_coerce_listify(value)
+        if isinstance(value, list):
+            return [m.upper() if isinstance(m, str) else m for m in value]
+        return value
+
+    def _normalize_coerce_lower(self, value):
+        return value.lower() if isinstance(value, str) else value
+
+    def _normalize_coerce_path(self, value):
+        """Relative paths are relative to the config file, not to the working directory."""
+        if not isinstance(value, str) or not value:
+            return value
+        base = self._config.get("base_dir") or os.getcwd()
+        return os.path.normpath(os.path.join(base, os.path.expanduser(value)))
+
+    def _normalize_coerce_log_target(self, value):
+        if value in STREAMS or value in ("off", ""):
+            return value
+        return self._normalize_coerce_path(value)
+
+    # -- single-value checks: they see only values of their field's type
+
+    def _validate_check_with(self, checks, field, value):
+        # Cerberus runs check_with on None after the nullable rule has reported it (or
+        # allowed it); every checker would have to repeat the test.
+        if value is not None:
+            super()._validate_check_with(checks, field, value)
+
+    _validate_check_with.__doc__ = cerberus.Validator._validate_check_with.__doc__
+
+    def _check_with_positive(self, field, value):
+        if isinstance(value, (int, float)) and value <= 0:
+            self._error(field, "must be greater than 0")
+
+    def _check_with_workers(self, field, value):
+        if value == "auto":
+            return
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            self._error(field, "must be a whole number >= 1 or auto")
+
+    def _check_with_host(self, field, value):
+        if not valid_host(value):
+            self._error(field, f"not an IP address or host name: {value!r}")
+
+    def _check_with_server_name(self, field, value):
+        name = value[2:] if value.startswith("*.") else value
+        if not valid_host(name):
+            self._error(field, f"not a host name: {value!r}")
+
+    def _check_with_cidr(self, field, value):
+        try:
+            ipaddress.ip_network(value, strict=False)
+        except ValueError:
+            self._error(field, f"not an IP address or CIDR block: {value!r}")
+
+    def _check_with_token(self, field, value):
+        if not _TOKEN.fullmatch(value):
+            self._error(field, f"not an HTTP method: {value!r}")
+
+    def _check_with_route_path(self, field, value):
+        problem = pattern_error(value)
+        if problem:
+            self._error(field, problem)
+
+    def _check_with_probe_path(self, field, value):
+        if not value.startswith("/") or any(c.isspace() for c in value):
+            self._error(field, 'must be a request path starting with "/"')
+
+    def _check_with_destination(self, field, value):
+        if isinstance(value, str):
+            if value.strip().startswith("wsgi:"):
+                if not _WSGI.fullmatch(value.strip()):
+                    self._error(field, f"invalid WSGI target {value!r} (expected "
+                                       "wsgi:package.module:app or wsgi:module:factory())")
+            else:
+                self._check_with_url(field, value)
+
+    def _check_with_upstream(self, field, value):
+        if isinstance(value, str):
+            if value.strip().startswith("wsgi:"):
+                self._error(field, "a wsgi: destination must be a route's only destination")
+            else:
+                self._check_with_url(field, value)
+
+    def _check_with_url(self, field, value):
+        try:
+            parse_destination(value)
+        except ValueError as exc:
+            self._error(field, str(exc))
+
+    def _check_with_wsgi_only(self, field, value):
+        destination = self.document.get("destination")
+        if not (isinstance(destination, str) and destination.strip().startswith("wsgi:")):
+            self._error(field, "pool is only for wsgi: destinations")
+
+    def _check_with_redirect_https(self, field, value):
+        if value and ("tls" in self.document or "sslConfig" in self.document):
+            self._error(field, "an instance with TLS cannot redirect to HTTPS (itself)")
+
+    def _check_with_directory(self, field, value):
+        name = f"{field} " if isinstance(field, str) else ""  # list items have no name
+        if not os.path.exists(value):
+            self._error(field, f"{name}directory not found: {value}")
+        elif not os.path.isdir(value):
+            self._error(field, f"{name}path is not a directory: {value}")
+
+    def _check_with_file(self, field, value):
+        if not os.path.isfile(value):
+            self._error(field, f"{field} file not found: {value}")
+
+    def _check_with_file_name(self, field, value):
+        if "/" in value or value in (".", ".."):
+            self._error(field, f"must be a file name, not a path: {value!r}")
+
+    def _check_with_relative_file(self, field, value):
+        if ".." in value.split("/") or "\0" in value:
+            self._error(field, f"must be a file inside public: {value!r}")
+
+    def _check_with_header_value(self, field, value):
+        # RFC 9110 §5.5: a field value may hold tabs but no other control characters
+        if any((ord(c) < 32 and c != "\t") or ord(c) == 127 for c in value):
+            self._error(field, "must not contain control characters")
+
+    def _check_with_log_target(self, field, value):
+        if field == "access" and value in ("off", False):
+            return
+        if not isinstance(value, str) or value in ("", "off"):
+            extra = ", stderr or off" if field == "access" else " or stderr"
+            self._error(field, f"must be a file path, stdout{extra}")
+        elif value not in STREAMS and not os.path.isdir(os.path.dirname(value)):
+            self._error(field, f"log directory not found: {os.path.dirname(value)}")
+
+
+# ------------------------------------------------------------------ error wording
+
+_TYPE_WORDS = {
+    "integer": "a whole number",
+    "boolean": "true or false",
+    "string": "a string",
+    "list": "a list",
+    "dict": "a mapping",
+    "duration": "a duration (seconds, or like 500ms, 30s, 5m, 1h)",
+    "size": "a size (bytes, or like 512k, 10m, 1g)",
+}
+
+
+def _type_message(error) -> str:
+    names = [error.constraint] if isinstance(error.constraint, str) else error.constraint
+    return "must be " + " or ".join(_TYPE_WORDS.get(n, n) for n in names)
+
+
+_MESSAGES = {
+    errors.REQUIRED_FIELD.code: lambda e: "required field",
+    errors.UNKNOWN_FIELD.code: lambda e: "unknown field" + _hint(e.document_path),
+    errors.EXCLUDES_FIELD.code: lambda e: f"cannot be used together with {e.constraint}",
+    errors.EMPTY_NOT_ALLOWED.code: lambda e: "must not be empty",
+    errors.NOT_NULLABLE.code: lambda e: "has no value",
+    errors.BAD_TYPE.code: _type_message,
+    errors.MIN_VALUE.code: lambda e: f"must be at least {e.constraint}",
+    errors.MAX_VALUE.code: lambda e: f"must be at most {e.constraint}",
+    errors.UNALLOWED_VALUE.code: lambda e: f"must be one of {', '.join(e.constraint)}"
+                                           f" (not {e.value!r})",
+    errors.CUSTOM.code: lambda e: e.info[0],
+}
+
+
+class Problems(cerberus.errors.BaseErrorHandler):
+    """Cerberus errors as ``(document path, message)`` pairs: ``validator.errors`` with this."""
+
+    def __call__(self, error_list) -> list[tuple[tuple, str]]:
+        leaves = _leaves(error_list)
+        # A misspelt required key is both unknown and missing; the hint says it all.
+        hinted = {(*e.document_path[:-1], _suggest(e.document_path)) for e in leaves
+                  if e.code == errors.UNKNOWN_FIELD.code}
+        return [(e.document_path, _message(e)) for e in leaves
+                if not (e.code == errors.REQUIRED_FIELD.code and e.document_path in hinted)]
+
+
+def _leaves(error_list) -> list:
+    """Cerberus nests the errors of sub-documents in group errors; people want the leaves."""
+    leaves = []
+    for error in error_list:
+        if error.is_group_error:
+            leaves.extend(_leaves(error.child_errors))
+        else:
+            leaves.append(error)
+    return leaves
+
+
+def _message(error) -> str:
+    word = _MESSAGES.get(error.code)
+    if word:
+        return word(error)
+    return cerberus.errors.BasicErrorHandler.messages.get(error.code, "invalid value").format(
+        *error.info, constraint=error.constraint, field=error.field, value=error.value)
+
+
+def allowed_keys(path: Sequence) -> list[str]:
+    """The keys the schema allows in the mapping at ``path`` (a document path)."""
+    rules: dict = {"type": "dict", "schema": SCHEMA}
+    for part in path:
+        inner = rules.get("schema")
+        if not isinstance(inner, dict):
+            return []
+        rules = inner if isinstance(part, int) else inner.get(part, {})
+    fields = rules.get("schema")
+    return list(fields) if isinstance(fields, dict) else []
+
+
+def _suggest(path: Sequence) -> str | None:
+    """The allowed key closest to the unknown one at ``path``, ignoring case."""
+    if not isinstance(path[-1], str):
+        return None
+    allowed = {k.lower(): k for k in allowed_keys(path[:-1])}
+    close = difflib.get_close_matches(path[-1].lower(), list(allowed), n=1, cutoff=0.6)
+    return allowed[close[0]] if close else None
+
+
+def _hint(path: Sequence) -> str:
+    suggestion = _suggest(path)
+    return f", did you mean {suggestion}?" if suggestion else ""
