@@ -154,6 +154,27 @@ class Rex:
         return self.proc.returncode
 
 
+def site_config(port: int, routes: str | dict[str, str], settings: str = "", *,
+                instance: str = "") -> str:
+    """Config text for one site on 127.0.0.1:``port``, then the top-level ``settings``.
+
+    ``routes`` is the YAML list under ``routes:``, or ``{path: destination}``;
+    ``instance`` holds more keys of the site (``public: ...``). Each text may come
+    indented as it stands in a test: it is dedented and put in its place.
+    """
+    if isinstance(routes, dict):
+        routes = "".join(f'- {{path: {path}, destination: "{to}"}}\n'
+                         for path, to in routes.items())
+    site = (f"- port: {port}\n  host: 127.0.0.1\n" + _block(instance, "  ")
+            + "  routes:\n" + _block(routes, "    "))
+    return "server:\n  instances:\n" + _block(site, "    ") + _block(settings, "")
+
+
+def _block(text: str, pad: str) -> str:
+    text = textwrap.dedent(text).strip("\n")
+    return textwrap.indent(text, pad) + "\n" if text else ""
+
+
 @pytest.fixture
 def rex(tmp_path: Path):
     instances: list[Rex] = []

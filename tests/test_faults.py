@@ -27,7 +27,15 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import LoadLoop, alive, connection_owner, free_port, port_open, wait_for
+from conftest import (
+    LoadLoop,
+    alive,
+    connection_owner,
+    free_port,
+    port_open,
+    site_config,
+    wait_for,
+)
 from test_hostile_strict import Violation, take
 
 # An upstream in its own process, so the test can SIGKILL it mid-response: it
@@ -59,13 +67,6 @@ while True:
     print("sent", path, flush=True)
     conn.recv(1)  # blocks until the test kills this process
 """
-
-
-def site(port: int, routes: dict[str, str], extra: str = "") -> str:
-    lines = [f"server:\n  instances:\n    - port: {port}\n      host: 127.0.0.1\n      routes:\n"]
-    lines += [f"        - {{path: {path}, destination: \"{dest}\"}}\n"
-              for path, dest in routes.items()]
-    return "".join(lines) + extra
 
 
 def get(port: int, path: str = "/", timeout: float = 5.0) -> tuple[int, bytes]:
@@ -165,9 +166,9 @@ def dying(rex, upstream):
     port = free_port()
     # A read timeout of 30 s: were Rex to wait for the dead upstream, the client's
     # 5 s deadline would report it as the hang it is.
-    rex.write(site(port, {"/cut-length": victim.url, "/cut-chunked": victim.url,
-                          "/silent": victim.url, "/ok": healthy.url},
-                   "timeouts: {read: 30}\nlogging: {access: off}\nworkers: 1\n"))
+    rex.write(site_config(port, {"/cut-length": victim.url, "/cut-chunked": victim.url,
+                                 "/silent": victim.url, "/ok": healthy.url},
+                          "timeouts: {read: 30}\nlogging: {access: off}\nworkers: 1\n"))
     rex.start(ports=(port,))
     yield port, victim, rex.workers()
     victim.kill()
@@ -244,7 +245,7 @@ def test_workers_killed_under_load_fail_only_their_own_requests(rex, upstream):
     """
     up = upstream()
     port = free_port()
-    rex.write(site(port, {"/": up.url}, "logging: {access: off}\nworkers: 2\n"))
+    rex.write(site_config(port, {"/": up.url}, "logging: {access: off}\nworkers: 2\n"))
     rex.start(ports=(port,))
     load = LoadLoop(port, threads=6).start()
     lost: list[tuple[int, int]] = []  # (victim's connections, requests lost) per kill
@@ -293,7 +294,7 @@ def full_disk(rex, upstream):
         pytest.skip("no writable /dev/full on this system")
     up = upstream()
     port = free_port()
-    rex.write(site(port, {"/": up.url}, "logging: {access: /dev/full}\nworkers: 1\n"))
+    rex.write(site_config(port, {"/": up.url}, "logging: {access: /dev/full}\nworkers: 1\n"))
     rex.start(ports=(port,))
     return port, rex.workers()
 
@@ -327,7 +328,7 @@ def test_access_log_on_a_full_disk_is_reported(rex, full_disk):
 def test_deleted_config_keeps_serving_and_a_new_file_is_picked_up(rex, upstream):
     first, second = upstream(), upstream()
     port = free_port()
-    rex.write(site(port, {"/": first.url}, "logging: {access: off}\nworkers: 1\n"))
+    rex.write(site_config(port, {"/": first.url}, "logging: {access: off}\nworkers: 1\n"))
     rex.start(ports=(port,))
     assert get(port, "/one")[0] == 200 and len(first.requests) == 1
     rex.config.unlink()
@@ -342,7 +343,7 @@ def test_deleted_config_keeps_serving_and_a_new_file_is_picked_up(rex, upstream)
     wait_for(lambda: rex.status()["reloads"]["failed"] == 1, what="the failed reload")
     assert rex.status()["generation"] == 1 and get(port, "/after-hup")[0] == 200
     # A good file written back is picked up by the watcher, with no signal.
-    rex.write(site(port, {"/": second.url}, "logging: {access: off}\nworkers: 1\n"))
+    rex.write(site_config(port, {"/": second.url}, "logging: {access: off}\nworkers: 1\n"))
     wait_for(lambda: rex.status()["generation"] == 2 and ready_pool(rex, 1), timeout=10,
              what="the new file serving as generation 2")
     assert get(port, "/two")[0] == 200
@@ -397,7 +398,7 @@ def test_port_in_use_at_start_fails_clearly_and_leaves_nothing(rex, foreground):
 def test_port_in_use_at_reload_keeps_the_old_config(rex, upstream):
     up = upstream()
     port = free_port()
-    rex.write(site(port, {"/": up.url}, "logging: {access: off}\nworkers: 1\n"))
+    rex.write(site_config(port, {"/": up.url}, "logging: {access: off}\nworkers: 1\n"))
     rex.start(ports=(port,))
     (worker,) = rex.workers()
     busy = busy_port()
@@ -405,7 +406,8 @@ def test_port_in_use_at_reload_keeps_the_old_config(rex, upstream):
         taken = busy.getsockname()[1]
         second = (f"    - port: {taken}\n      host: 127.0.0.1\n      routes:\n"
                   f"        - {{path: /, destination: \"{up.url}\"}}\n")
-        rex.write(site(port, {"/": up.url}) + second + "logging: {access: off}\nworkers: 1\n")
+        rex.write(site_config(port, {"/": up.url}) + second
+                  + "logging: {access: off}\nworkers: 1\n")
         rex.signal(signal.SIGHUP)  # the watcher may see the edit first: both fail alike
         wait_for(lambda: rex.status()["reloads"]["failed"] >= 1, what="the failed reload")
         error = f"port {taken} is already in use (instance 1)"

@@ -23,16 +23,11 @@ from conftest import (
     connection_owner,
     free_port,
     port_open,
+    site_config,
     socket_inodes,
     tcp_table,
     wait_for,
 )
-
-
-def site(port: int, destination: str, extra: str = "", path: str = "/") -> str:
-    return (f"server:\n  instances:\n    - port: {port}\n      host: 127.0.0.1\n"
-            f"      routes:\n        - path: {path}\n          destination: {destination}\n"
-            + extra)
 
 
 def pool(rex, size: int, *, without: tuple[int, ...] = ()) -> list[int] | None:
@@ -55,7 +50,7 @@ def get(url: str, timeout: float = 10) -> tuple[int, bytes]:
 def test_killed_worker_fails_only_its_own_requests_and_is_replaced_at_once(rex, upstream):
     up = upstream()
     port = free_port()
-    rex.write(site(port, up.url, "workers: 2\n"))
+    rex.write(site_config(port, {"/": up.url}, "workers: 2\n"))
     rex.start(ports=(port,))
     load = LoadLoop(port, threads=4).start()
     try:
@@ -85,7 +80,7 @@ def test_killed_worker_fails_only_its_own_requests_and_is_replaced_at_once(rex, 
 def test_blocked_hub_is_detected_by_heartbeat_and_replaced(rex, upstream):
     up = upstream()
     port = free_port()
-    rex.write(site(port, up.url, "workers: 2\ntimeout: 1\n"))
+    rex.write(site_config(port, {"/": up.url}, "workers: 2\ntimeout: 1\n"))
     rex.start(ports=(port,))
     victim = wait_for(lambda: pool(rex, 2), what="two ready workers")[0]
     stopped_at = time.monotonic()
@@ -122,7 +117,7 @@ def app(environ, start_response):
 
 def test_worker_that_cannot_boot_fails_start_with_the_reason(rex, daemons):
     (rex.workdir / "broken_app.py").write_text(BROKEN_APP)
-    rex.write(site(free_port(), "wsgi:broken_app:app", "workers: 1\n"))
+    rex.write(site_config(free_port(), {"/": "wsgi:broken_app:app"}, "workers: 1\n"))
     for args in (("-f",), ()):  # foreground and daemonized
         started = time.monotonic()
         result = rex.cli("start", *args, "-c", str(rex.config))
@@ -137,7 +132,7 @@ def test_worker_that_cannot_boot_fails_start_with_the_reason(rex, daemons):
 def test_worker_that_keeps_failing_backs_off_instead_of_fork_bombing(rex):
     (rex.workdir / "flaky_app.py").write_text(FLAKY_APP)
     port = free_port()
-    rex.write(site(port, "wsgi:flaky_app:app", "workers: 1\n"))
+    rex.write(site_config(port, {"/": "wsgi:flaky_app:app"}, "workers: 1\n"))
     rex.start(ports=(port,))
     assert get(f"http://127.0.0.1:{port}/") == (200, b"flaky app ok")
     (rex.workdir / "broken").touch()
@@ -160,7 +155,7 @@ def test_worker_that_keeps_failing_backs_off_instead_of_fork_bombing(rex):
 def test_ttin_adds_and_ttou_retires_a_worker(rex, upstream):
     up = upstream()
     port = free_port()
-    rex.write(site(port, up.url, "workers: 1\n"))
+    rex.write(site_config(port, {"/": up.url}, "workers: 1\n"))
     rex.start(ports=(port,))
     first = wait_for(lambda: pool(rex, 1), what="one worker")
     rex.signal(signal.SIGTTIN)  # one at a time: pending signals of one kind merge into one
@@ -180,7 +175,7 @@ def test_usr1_reopens_log_files(rex, upstream):
     up = upstream()
     port = free_port()
     access = rex.workdir / "access.log"
-    rex.write(site(port, up.url, f"workers: 2\nlogging:\n  access: {access}\n"))
+    rex.write(site_config(port, {"/": up.url}, f"workers: 2\nlogging:\n  access: {access}\n"))
     rex.start(ports=(port,))
     get(f"http://127.0.0.1:{port}/before")
     wait_for(lambda: access.exists() and b"/before" in access.read_bytes(), what="a log line")
@@ -197,7 +192,7 @@ def test_usr1_reopens_log_files(rex, upstream):
 def test_max_requests_recycles_workers_without_failing_a_request(rex, upstream):
     up = upstream()
     port = free_port()
-    rex.write(site(port, up.url, "workers: 2\ntimeout: 1\nmax_requests: 40\n"
+    rex.write(site_config(port, {"/": up.url}, "workers: 2\ntimeout: 1\nmax_requests: 40\n"
                                  "max_requests_jitter: 10\n"))
     rex.start(ports=(port,))
     load = LoadLoop(port, threads=3).start()
@@ -249,7 +244,7 @@ def fetch_in_thread(url: str) -> dict:
 def test_stop_drains_an_in_flight_request_and_refuses_new_ones(rex, upstream):
     up = slow_upstream(upstream)
     port = free_port()
-    rex.write(site(port, up.url, "workers: 2\n"))
+    rex.write(site_config(port, {"/": up.url}, "workers: 2\n"))
     rex.start(ports=(port,))
     slow = fetch_in_thread(f"http://127.0.0.1:{port}/slow?s=1.5")
     assert up.server.arrived.wait(10)
@@ -265,7 +260,7 @@ def test_stop_drains_an_in_flight_request_and_refuses_new_ones(rex, upstream):
 def test_graceful_timeout_bounds_how_long_a_stop_waits(rex, upstream):
     up = slow_upstream(upstream)
     port = free_port()
-    rex.write(site(port, up.url, "workers: 1\ngraceful_timeout: 0.5\n"))
+    rex.write(site_config(port, {"/": up.url}, "workers: 1\ngraceful_timeout: 0.5\n"))
     rex.start(ports=(port,))
     slow = fetch_in_thread(f"http://127.0.0.1:{port}/slow?s=5")
     assert up.server.arrived.wait(10)
@@ -280,7 +275,7 @@ def test_graceful_timeout_bounds_how_long_a_stop_waits(rex, upstream):
 def test_orphaned_workers_exit_when_the_master_is_killed(rex, upstream):
     up = upstream()
     port = free_port()
-    rex.write(site(port, up.url, "workers: 2\ntimeout: 1\n"))
+    rex.write(site_config(port, {"/": up.url}, "workers: 2\ntimeout: 1\n"))
     rex.start(ports=(port,))
     workers = wait_for(lambda: pool(rex, 2), what="two workers")
     os.kill(rex.pid, signal.SIGKILL)
@@ -291,7 +286,7 @@ def test_master_process_facts(rex, upstream):
     """Titles, no gevent in the master, RLIMIT_NOFILE raised, workers never bind."""
     up = upstream()
     port = free_port()
-    rex.write(site(port, up.url, "workers: 2\n"))
+    rex.write(site_config(port, {"/": up.url}, "workers: 2\n"))
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(soft, 512), hard))
     try:
@@ -317,7 +312,7 @@ def test_master_process_facts(rex, upstream):
 def test_reuse_port_gives_each_worker_its_own_socket_kept_across_restarts(rex, upstream):
     up = upstream()
     port = free_port()
-    rex.write(site(port, up.url, "workers: 2\nreuse_port: true\n"))
+    rex.write(site_config(port, {"/": up.url}, "workers: 2\nreuse_port: true\n"))
     rex.start(ports=(port,))
     workers = wait_for(lambda: pool(rex, 2), what="two workers")
     listening = {inode for local, _r, state, inode in tcp_table() if local == port
@@ -338,7 +333,7 @@ def test_master_children_are_only_its_workers(rex, upstream):
     """Nothing but workers is forked: no helper processes to leak."""
     up = upstream()
     port = free_port()
-    rex.write(site(port, up.url, "workers: 3\n"))
+    rex.write(site_config(port, {"/": up.url}, "workers: 3\n"))
     rex.start(ports=(port,))
     workers = wait_for(lambda: pool(rex, 3), what="three workers")
     assert sorted(children(rex.pid)) == workers
