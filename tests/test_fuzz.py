@@ -40,7 +40,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 import pytest
-from conftest import free_port
+from conftest import free_port, site_config
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_hostile_strict import StrictUpstream, Violation, take
@@ -449,19 +449,12 @@ def worker(rex_module, upstream_module):
     strict = StrictUpstream()
     up = upstream_module.raw(strict)
     port = free_port()
-    rex_module.write(f"""\
-        server:
-          instances:
-            - port: {port}
-              host: 127.0.0.1
-              routes:
-                - path: /
-                  destination: {up.url}
-        limits: {{header_bytes: 4k, body_bytes: 64k}}
-        timeouts: {{header: 2, read: 2, idle: 2}}
-        logging: {{access: off}}
+    rex_module.write(site_config(port, {"/": up.url}, """\
+        limits: {header_bytes: 4k, body_bytes: 64k}
+        timeouts: {header: 2, read: 2, idle: 2}
+        logging: {access: off}
         workers: 1
-    """)
+    """))
     rex_module.start(ports=(port,))
     return port, strict, rex_module
 

@@ -10,12 +10,11 @@ from __future__ import annotations
 import json
 import signal
 import socket
-import textwrap
 import urllib.request
 from http.server import BaseHTTPRequestHandler
 
 import pytest
-from conftest import connection_owner, free_port, read_reply, wait_for
+from conftest import connection_owner, free_port, read_reply, site_config, wait_for
 
 
 class Flaky(BaseHTTPRequestHandler):
@@ -72,16 +71,11 @@ def worker_one(admin: int) -> int:
 def checked(rex, upstream):
     a, b = flaky(upstream), flaky(upstream)
     port, admin = free_port(), free_port()
-    rex.write(textwrap.dedent(f"""\
-        server:
-          instances:
-            - port: {port}
-              host: 127.0.0.1
-              routes:
-                - path: /api
-                  destination: ["{a.url}", "{b.url}"]
-                  health_check: {{path: /health, interval: 100ms, timeout: 1s, fails: 2,
-                                 passes: 2}}
+    rex.write(site_config(port, f"""\
+        - path: /api
+          destination: ["{a.url}", "{b.url}"]
+          health_check: {{path: /health, interval: 100ms, timeout: 1s, fails: 2, passes: 2}}
+    """, f"""\
         workers: 2
         logging: {{access: off}}
         admin: {{port: {admin}}}

@@ -22,7 +22,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from conftest import free_port, recv_head
+from conftest import free_port, recv_head, site_config
 from test_hostile_strict import Violation, load_case, read_replies
 
 CASES = Path(__file__).parent / "hostile" / "responses"
@@ -76,19 +76,14 @@ def site(rex_module, upstream_module):
     """One route and one upstream per case, so a desync in one case cannot leak into another."""
     scripts = {name: Scripted(name) for name in [*NAMES, *BIG]}
     routes = "".join(
-        f"\n        - {{path: /case/{name}, destination: \"{upstream_module.raw(script).url}\","
-        f" retries: 0, timeouts: {{read: 2}}}}" for name, script in scripts.items())
+        f'- {{path: /case/{name}, destination: "{upstream_module.raw(script).url}",'
+        f" retries: 0, timeouts: {{read: 2}}}}\n" for name, script in scripts.items())
     port = free_port()
-    rex_module.write(f"""\
-server:
-  instances:
-    - port: {port}
-      host: 127.0.0.1
-      routes:{routes}
-limits: {{header_bytes: 4k}}
-logging: {{access: off}}
-workers: 1
-""")
+    rex_module.write(site_config(port, routes, """\
+        limits: {header_bytes: 4k}
+        logging: {access: off}
+        workers: 1
+    """))
     rex_module.start(ports=(port,))
     return port, scripts
 

@@ -7,9 +7,8 @@ import os
 import re
 import signal
 import socket
-import textwrap
 
-from conftest import free_port, read_reply, wait_for
+from conftest import free_port, read_reply, site_config, wait_for
 
 from rex_workers.config.loader import load_config
 from rex_workers.master.exposition import Exposition, Retired, sum_counters
@@ -128,14 +127,7 @@ def test_known_traffic_over_two_workers_adds_up_exactly(rex, upstream):
     up = upstream()
     port, admin = free_port(), free_port()
     dead = free_port()  # nothing listens there
-    rex.write(textwrap.dedent(f"""\
-        server:
-          instances:
-            - port: {port}
-              host: 127.0.0.1
-              routes:
-                - {{path: /api, destination: "{up.url}"}}
-                - {{path: /dead, destination: "http://127.0.0.1:{dead}"}}
+    rex.write(site_config(port, {"/api": up.url, "/dead": f"http://127.0.0.1:{dead}"}, f"""\
         workers: 2
         reuse_port: true
         logging: {{access: off}}

@@ -47,17 +47,10 @@ def stream(rex, name: str) -> list[str]:
 def test_foreground_logs_access_json_to_stdout_and_master_lines_to_stderr(rex, upstream):
     up = upstream()
     port, dead = free_port(), free_port()
-    rex.write(f"""\
-        server:
-          instances:
-            - port: {port}
-              host: 127.0.0.1
-              routes:
-                - {{path: /api, destination: "{up.url}"}}
-                - {{path: /dead, destination: "http://127.0.0.1:{dead}"}}
-        logging: {{format: json}}
+    rex.write(site_config(port, {"/api": up.url, "/dead": f"http://127.0.0.1:{dead}"}, """\
+        logging: {format: json}
         workers: 2
-    """)
+    """))
     start_split(rex)
     wait_for(lambda: any("serving" in line for line in stream(rex, "stderr")),
              what="the master's ready line")

@@ -8,7 +8,7 @@ from http.server import BaseHTTPRequestHandler
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
-from conftest import free_port, read_reply
+from conftest import free_port, read_reply, site_config
 
 
 class Redirector(BaseHTTPRequestHandler):
@@ -35,22 +35,18 @@ class Redirector(BaseHTTPRequestHandler):
 def site(rex_module, upstream_module):
     rec, redirect = upstream_module(), upstream_module(Redirector)
     port = free_port()
-    rex_module.write(f"""\
-        server:
-          instances:
-            - port: {port}
-              host: 127.0.0.1
-              routes:
-                - {{path: /rec, destination: "{rec.url}"}}
-                - {{path: /host, destination: "{rec.url}", preserve_host: true}}
-                - {{path: /opts, destination: "{rec.url}", methods: [GET, OPTIONS]}}
-                - {{path: /plain, destination: "{redirect.url}"}}
-                - {{path: /app, destination: "{redirect.url}", strip_prefix: true}}
-                - {{path: /api, destination: "{redirect.url}/v2"}}
+    rex_module.write(site_config(port, f"""\
+        - {{path: /rec, destination: "{rec.url}"}}
+        - {{path: /host, destination: "{rec.url}", preserve_host: true}}
+        - {{path: /opts, destination: "{rec.url}", methods: [GET, OPTIONS]}}
+        - {{path: /plain, destination: "{redirect.url}"}}
+        - {{path: /app, destination: "{redirect.url}", strip_prefix: true}}
+        - {{path: /api, destination: "{redirect.url}/v2"}}
+    """, """\
         trusted_proxies: [127.0.0.1/32]
-        logging: {{access: off}}
+        logging: {access: off}
         workers: 1
-    """)
+    """))
     rex_module.start(ports=(port,))
     return port, rec
 

@@ -9,7 +9,7 @@ import threading
 import time
 
 import pytest
-from conftest import free_port, read_reply, recv_head
+from conftest import free_port, read_reply, recv_head, site_config
 
 CLOSED = threading.Event()  # an answer-then-close upstream has closed its socket
 
@@ -86,12 +86,7 @@ def site(rex_module, upstream_module):
     ups = {"ka": raw(keep_alive), "fin": raw(answer_then_close), "rst": raw(answer_then_reset),
            "bad": raw(read_then_close), "good": upstream_module(), "shapes": raw(shapes)}
     port = free_port()
-    rex_module.write(f"""\
-server:
-  instances:
-    - port: {port}
-      host: 127.0.0.1
-      routes:
+    rex_module.write(site_config(port, f"""\
         - {{path: /ka, destination: "{ups['ka'].url}"}}
         - {{path: /fin, destination: "{ups['fin'].url}"}}
         - {{path: /rst, destination: "{ups['rst'].url}"}}
@@ -100,10 +95,11 @@ server:
           destination:
             - {{url: "{ups['bad'].url}", max_fails: 0}}
             - {{url: "{ups['good'].url}", backup: true}}
-timeouts: {{header: 0.5, idle: 0.5}}
-logging: {{access: off}}
-workers: 1
-""")
+    """, """\
+        timeouts: {header: 0.5, idle: 0.5}
+        logging: {access: off}
+        workers: 1
+    """))
     rex_module.start(ports=(port,))
     return port, ups
 

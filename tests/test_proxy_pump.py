@@ -10,7 +10,7 @@ import socket
 import threading
 
 import pytest
-from conftest import free_port, read_reply, recv_head
+from conftest import free_port, read_reply, recv_head, site_config
 
 from rex_workers.proxy.exchange import PUMP_MIN
 
@@ -48,17 +48,10 @@ def site(rex_module, upstream_module):
     stray = upstream_module.raw(body_then_stray)
     cut = upstream_module.raw(cut_short)
     port = free_port()
-    rex_module.write(f"""\
-        server:
-          instances:
-            - port: {port}
-              host: 127.0.0.1
-              routes:
-                - {{path: /stray, destination: "{stray.url}"}}
-                - {{path: /cut, destination: "{cut.url}"}}
-        logging: {{access: off}}
+    rex_module.write(site_config(port, {"/stray": stray.url, "/cut": cut.url}, """\
+        logging: {access: off}
         workers: 1
-        """)
+    """))
     rex_module.start(ports=(port,))
     return port, stray
 

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import free_port, read_reply, recv_head
+from conftest import free_port, read_reply, recv_head, site_config
 
 MB = 1024 * 1024
 BLOCK = b"r" * (256 * 1024)
@@ -137,19 +137,12 @@ def site(rex_module, upstream_module):
     raw = upstream_module.raw
     ups = {"sink": raw(sink), "source": raw(source), "echo": raw(echo), "sse": raw(sse),
            "trailers": raw(trailers), "status": raw(statuses), "continue": upstream_module()}
-    routes = "".join(f"\n        - path: /{name}\n          destination: {up.url}"
-                     for name, up in ups.items())
     port = free_port()
-    rex_module.write(f"""\
-server:
-  instances:
-    - port: {port}
-      host: 127.0.0.1
-      routes:{routes}
-limits: {{body_bytes: 200m}}
-logging: {{access: off}}
-workers: 1
-""")
+    rex_module.write(site_config(port, {f"/{name}": up.url for name, up in ups.items()}, """\
+        limits: {body_bytes: 200m}
+        logging: {access: off}
+        workers: 1
+    """))
     rex_module.start(ports=(port,))
     return port, ups, rex_module
 

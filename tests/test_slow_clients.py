@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import free_port, read_reply, recv_head, wait_for
+from conftest import free_port, read_reply, recv_head, site_config, wait_for
 
 IDLE_CONNECTIONS = 10_000
 MB = 1 << 20
@@ -59,20 +59,15 @@ def site(rex_module, upstream_module, tmp_path_factory):
     api, api2 = upstream_module(), upstream_module()
     stream = upstream_module.raw(endless)
     port = free_port()
-    rex_module.write(f"""\
-        server:
-          instances:
-            - port: {port}
-              host: 127.0.0.1
-              public: {public}
-              routes:
-                - {{path: /api, destination: "{api.url}"}}
-                - {{path: /endless, destination: "{stream.url}"}}
-                - {{path: /pair, destination: ["{api.url}", "{api2.url}"]}}
-        timeouts: {{header: 1, read: 1, idle: 60}}
-        logging: {{access: off}}
+    rex_module.write(site_config(port, f"""\
+        - {{path: /api, destination: "{api.url}"}}
+        - {{path: /endless, destination: "{stream.url}"}}
+        - {{path: /pair, destination: ["{api.url}", "{api2.url}"]}}
+    """, """\
+        timeouts: {header: 1, read: 1, idle: 60}
+        logging: {access: off}
         workers: 1
-    """)
+    """, instance=f"public: {public}"))
     rex_module.start(ports=(port,))
     yield port, rex_module.workers()[0], (api, api2)
     RELEASE.set()

@@ -19,7 +19,7 @@ import time
 
 import pytest
 import trustme
-from conftest import free_port, read_reply, wait_for
+from conftest import free_port, read_reply, site_config, wait_for
 
 BIG = os.urandom(300 * 1024)  # past any single TLS record and socket buffer
 
@@ -200,15 +200,8 @@ def test_certificates_are_read_again_on_reload(rex, upstream, tmp_path):
     cert, key = write_cert(first, tmp_path, "site", "localhost")
     rec = upstream()
     port = free_port()
-    rex.write(f"""\
-        server:
-          instances:
-            - port: {port}
-              host: 127.0.0.1
-              tls: {{cert: {cert}, key: {key}}}
-              routes: [{{path: /, destination: "{rec.url}"}}]
-        workers: 2
-    """)
+    rex.write(site_config(port, {"/": rec.url}, "workers: 2",
+                          instance=f"tls: {{cert: {cert}, key: {key}}}"))
     rex.start(ports=(port,))
     assert https_get(port, "localhost", client_context(first))[0].status == 200
     # Renewed files under the same names (what certbot's renewal does), then `rex reload`.
