@@ -414,6 +414,13 @@ def read_reply(f, head_request: bool = False) -> Reply:
     return reply
 
 
+def send_request(port: int, request: bytes, timeout: float = 5.0) -> Reply:
+    """Send ``request`` on a new connection to 127.0.0.1:``port`` and read one reply."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(request)
+        return read_reply(s.makefile("rb"), head_request=request.startswith(b"HEAD "))
+
+
 # -- master helpers (issue 4): load loops and /proc views of sockets ------------------
 
 

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import json
 import signal
-import socket
 import urllib.request
 from http.server import BaseHTTPRequestHandler
 
 import pytest
-from conftest import connection_owner, free_port, read_reply, site_config, wait_for
+from conftest import connection_owner, free_port, send_request, site_config, wait_for
 
 
 class Flaky(BaseHTTPRequestHandler):
@@ -49,9 +48,7 @@ def flaky(upstream):
 
 
 def admin_status(port: int) -> dict:
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
-        s.sendall(b"GET /status HTTP/1.1\r\nHost: x\r\n\r\n")
-        return json.loads(read_reply(s.makefile("rb")).body)
+    return json.loads(send_request(port, b"GET /status HTTP/1.1\r\nHost: x\r\n\r\n").body)
 
 
 def verdict(admin: int, key: str) -> tuple[str, int]:

@@ -18,7 +18,7 @@ import sys
 
 import pytest
 import trustme
-from conftest import free_port, port_open, read_reply, site_config, wait_for
+from conftest import free_port, port_open, read_reply, send_request, site_config, wait_for
 from test_master import get
 
 import rex as rex_cli
@@ -224,9 +224,7 @@ def test_port_80_redirects_to_the_https_instance_on_443(rex, ca, cert_files):
         if "is already in use" in rex.output():  # taken between the look and the start
             pytest.skip("127.0.0.1:80 or :443 was taken by another process")
         raise
-    with socket.create_connection(("127.0.0.1", 80), timeout=5) as s:
-        s.sendall(b"GET /shop?item=2 HTTP/1.1\r\nHost: localhost\r\n\r\n")
-        reply = read_reply(s.makefile("rb"))
+    reply = send_request(80, b"GET /shop?item=2 HTTP/1.1\r\nHost: localhost\r\n\r\n")
     assert reply.status == 308 and reply.headers["location"] == "https://localhost/shop?item=2"
     context = ssl.create_default_context()
     ca.configure_trust(context)

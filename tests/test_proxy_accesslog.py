@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import json
 import re
-import socket
 
-from conftest import free_port, read_reply, site_config, wait_for
+from conftest import free_port, send_request, site_config, wait_for
 
 COMBINED = re.compile(
     r'^127\.0\.0\.1 - - \[\d\d/\w{3}/\d{4}:\d\d:\d\d:\d\d [+-]\d{4}\] '
@@ -27,9 +26,7 @@ def start(rex, upstream, fmt: str) -> tuple[int, object, int]:
 
 
 def send(port: int, data: bytes) -> int:
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
-        s.sendall(data)
-        return read_reply(s.makefile("rb")).status
+    return send_request(port, data).status
 
 
 def log_lines(rex, count: int) -> list[str]:

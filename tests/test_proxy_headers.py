@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-import socket
 from http.server import BaseHTTPRequestHandler
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
-from conftest import free_port, read_reply, site_config
+from conftest import free_port, send_request, site_config
 
 
 class Redirector(BaseHTTPRequestHandler):
@@ -51,14 +50,8 @@ def site(rex_module, upstream_module):
     return port, rec
 
 
-def send(port: int, request: bytes):
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
-        s.sendall(request)
-        return read_reply(s.makefile("rb"))
-
-
 def seen(port: int, request: bytes) -> dict:
-    reply = send(port, request)
+    reply = send_request(port, request)
     assert reply.status == 200, reply.head
     return json.loads(reply.body)
 
@@ -92,9 +85,9 @@ def test_host_is_the_destination_unless_preserved(site):
 def test_max_forwards_zero_is_answered_by_rex(site):
     port, rec = site
     before = len(rec.requests)
-    reply = send(port, b"OPTIONS /opts HTTP/1.1\r\nHost: a\r\nMax-Forwards: 0\r\n\r\n")
+    reply = send_request(port, b"OPTIONS /opts HTTP/1.1\r\nHost: a\r\nMax-Forwards: 0\r\n\r\n")
     assert reply.status == 200 and reply.headers["allow"] == "GET, HEAD, OPTIONS"
-    reply = send(port, b"TRACE /rec HTTP/1.1\r\nHost: a\r\nMax-Forwards: 0\r\n"
+    reply = send_request(port, b"TRACE /rec HTTP/1.1\r\nHost: a\r\nMax-Forwards: 0\r\n"
                        b"Cookie: secret=1\r\nX-Probe: 7\r\n\r\n")
     assert reply.status == 200 and reply.headers["content-type"] == "message/http"
     assert reply.body == b"TRACE /rec HTTP/1.1\r\nHost: a\r\nMax-Forwards: 0\r\nX-Probe: 7\r\n\r\n"
@@ -124,7 +117,7 @@ def test_max_forwards_is_decremented_on_the_way(site):
 ])
 def test_location_pointing_at_the_upstream_is_rewritten(site, path, extra, location):
     port, _ = site
-    reply = send(port, b"GET " + path + b" HTTP/1.1\r\nHost: pub.example:8000\r\n" + extra
+    reply = send_request(port, b"GET " + path + b" HTTP/1.1\r\nHost: pub.example:8000\r\n" + extra
                  + b"\r\n")
     assert reply.status == 302
     assert reply.headers["location"] == location
@@ -132,5 +125,5 @@ def test_location_pointing_at_the_upstream_is_rewritten(site, path, extra, locat
 
 def test_via_is_appended_on_responses(site):
     port, _ = site
-    reply = send(port, b"GET /plain/x?to=/ HTTP/1.1\r\nHost: a\r\n\r\n")
+    reply = send_request(port, b"GET /plain/x?to=/ HTTP/1.1\r\nHost: a\r\n\r\n")
     assert reply.headers["via"] == "1.0 app, 1.1 rex"

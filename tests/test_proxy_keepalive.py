@@ -9,7 +9,7 @@ import threading
 import time
 
 import pytest
-from conftest import free_port, read_reply, recv_head, site_config
+from conftest import free_port, read_reply, recv_head, send_request, site_config
 
 CLOSED = threading.Event()  # an answer-then-close upstream has closed its socket
 
@@ -109,10 +109,8 @@ def connect(port: int) -> socket.socket:
 
 
 def get(port: int, path: str, method: str = "GET", body: bytes = b""):
-    with connect(port) as s:
-        s.sendall(b"%s %s HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n%s"
-                  % (method.encode(), path.encode(), len(body), body))
-        return read_reply(s.makefile("rb"))
+    return send_request(port, b"%s %s HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n%s"
+                        % (method.encode(), path.encode(), len(body), body))
 
 
 def test_keep_alive_then_idle_timeout(site):

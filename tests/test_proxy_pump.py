@@ -10,7 +10,7 @@ import socket
 import threading
 
 import pytest
-from conftest import free_port, read_reply, recv_head, site_config
+from conftest import free_port, recv_head, send_request, site_config
 
 from rex_workers.proxy.exchange import PUMP_MIN
 
@@ -57,9 +57,7 @@ def site(rex_module, upstream_module):
 
 
 def get(port: int, path: str):
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
-        s.sendall(f"GET {path} HTTP/1.1\r\nHost: a\r\n\r\n".encode())
-        return read_reply(s.makefile("rb"))
+    return send_request(port, f"GET {path} HTTP/1.1\r\nHost: a\r\n\r\n".encode(), timeout=10)
 
 
 def test_large_body_arrives_byte_for_byte_and_stray_bytes_stay_behind(site):

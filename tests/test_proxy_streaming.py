@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import free_port, read_reply, recv_head, site_config
+from conftest import free_port, read_reply, recv_head, send_request, site_config
 
 MB = 1024 * 1024
 BLOCK = b"r" * (256 * 1024)
@@ -212,13 +212,9 @@ def test_100_mb_download_streams_with_backpressure(site):
 
 def test_chunked_download_reaches_http10_and_http11_clients(site):
     port, _, _ = site
-    with connect(port) as s:
-        s.sendall(b"GET /source/8?chunked HTTP/1.1\r\nHost: a\r\n\r\n")
-        reply = read_reply(s.makefile("rb"))
+    reply = send_request(port, b"GET /source/8?chunked HTTP/1.1\r\nHost: a\r\n\r\n", timeout=20)
     assert reply.headers["transfer-encoding"] == "chunked" and len(reply.body) == 8 * MB
-    with connect(port) as s:
-        s.sendall(b"GET /source/2?chunked HTTP/1.0\r\n\r\n")
-        reply = read_reply(s.makefile("rb"))
+    reply = send_request(port, b"GET /source/2?chunked HTTP/1.0\r\n\r\n", timeout=20)
     # HTTP/1.0 has no chunked coding: the body ends when Rex closes (RFC 9112 §6.3).
     assert "transfer-encoding" not in reply.headers and reply.headers["connection"] == "close"
     assert len(reply.body) == 2 * MB
@@ -310,14 +306,10 @@ def test_head_204_304_have_no_body_and_keep_the_connection(site):
 
 def test_early_hints_reach_http11_clients_only(site):
     port, _, _ = site
-    with connect(port) as s:
-        s.sendall(b"GET /status/103 HTTP/1.1\r\nHost: a\r\n\r\n")
-        reply = read_reply(s.makefile("rb"))
+    reply = send_request(port, b"GET /status/103 HTTP/1.1\r\nHost: a\r\n\r\n", timeout=20)
     assert len(reply.interim) == 1 and reply.interim[0].startswith(b"HTTP/1.1 103 ")
     assert b"Link: </style.css>; rel=preload" in reply.interim[0]
     assert reply.status == 200 and reply.body == b"hello"
-    with connect(port) as s:
-        s.sendall(b"GET /status/103 HTTP/1.0\r\n\r\n")
-        reply = read_reply(s.makefile("rb"))
+    reply = send_request(port, b"GET /status/103 HTTP/1.0\r\n\r\n", timeout=20)
     assert reply.interim == [] and reply.body == b"hello"
 

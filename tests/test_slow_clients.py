@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import free_port, read_reply, recv_head, site_config, wait_for
+from conftest import free_port, read_reply, recv_head, send_request, site_config, wait_for
 
 IDLE_CONNECTIONS = 10_000
 MB = 1 << 20
@@ -76,10 +76,9 @@ def site(rex_module, upstream_module, tmp_path_factory):
 def get(port: int, path: str = "/index.html", timeout: float = 5.0) -> tuple[int, float]:
     """(status, seconds) of one GET on a fresh connection."""
     started = time.monotonic()
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
-        s.sendall(b"GET %s HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n" % path.encode())
-        with s.makefile("rb") as f:
-            return read_reply(f).status, time.monotonic() - started
+    reply = send_request(port, b"GET %s HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
+                         % path.encode(), timeout=timeout)
+    return reply.status, time.monotonic() - started
 
 
 def test_slowloris_crowd_gets_408_while_others_are_served(site):
