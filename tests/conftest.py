@@ -105,6 +105,13 @@ class Rex:
                 wait_for(lambda p=port: port_open(p), what=f"port {port}")
         return self
 
+    def serve(self, routes: str | dict[str, str], settings: str = "", **site: str) -> int:
+        """Start on a one-site config (``site_config``) with a free port; returns the port."""
+        port = free_port()
+        self.write(site_config(port, routes, settings, **site))
+        self.start(ports=(port,))
+        return port
+
     def wait_ready(self, timeout: float = 20.0) -> None:
         def ready() -> bool:
             if self.proc.poll() is not None:

@@ -244,9 +244,7 @@ def test_workers_killed_under_load_fail_only_their_own_requests(rex, upstream):
     is back to two ready workers each time.
     """
     up = upstream()
-    port = free_port()
-    rex.write(site_config(port, {"/": up.url}, "logging: {access: off}\nworkers: 2\n"))
-    rex.start(ports=(port,))
+    port = rex.serve({"/": up.url}, "logging: {access: off}\nworkers: 2\n")
     load = LoadLoop(port, threads=6).start()
     lost: list[tuple[int, int]] = []  # (victim's connections, requests lost) per kill
     owned_by_victims: set[int] = set()
@@ -293,9 +291,7 @@ def full_disk(rex, upstream):
     if not os.access("/dev/full", os.W_OK):
         pytest.skip("no writable /dev/full on this system")
     up = upstream()
-    port = free_port()
-    rex.write(site_config(port, {"/": up.url}, "logging: {access: /dev/full}\nworkers: 1\n"))
-    rex.start(ports=(port,))
+    port = rex.serve({"/": up.url}, "logging: {access: /dev/full}\nworkers: 1\n")
     return port, rex.workers()
 
 
@@ -327,9 +323,7 @@ def test_access_log_on_a_full_disk_is_reported(rex, full_disk):
 
 def test_deleted_config_keeps_serving_and_a_new_file_is_picked_up(rex, upstream):
     first, second = upstream(), upstream()
-    port = free_port()
-    rex.write(site_config(port, {"/": first.url}, "logging: {access: off}\nworkers: 1\n"))
-    rex.start(ports=(port,))
+    port = rex.serve({"/": first.url}, "logging: {access: off}\nworkers: 1\n")
     assert get(port, "/one")[0] == 200 and len(first.requests) == 1
     rex.config.unlink()
     wait_for(lambda: f"config file {rex.config} is gone; still serving generation 1"
@@ -397,9 +391,7 @@ def test_port_in_use_at_start_fails_clearly_and_leaves_nothing(rex, foreground):
 
 def test_port_in_use_at_reload_keeps_the_old_config(rex, upstream):
     up = upstream()
-    port = free_port()
-    rex.write(site_config(port, {"/": up.url}, "logging: {access: off}\nworkers: 1\n"))
-    rex.start(ports=(port,))
+    port = rex.serve({"/": up.url}, "logging: {access: off}\nworkers: 1\n")
     (worker,) = rex.workers()
     busy = busy_port()
     try:

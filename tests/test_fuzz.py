@@ -40,7 +40,6 @@ from pathlib import Path
 from urllib.parse import quote
 
 import pytest
-from conftest import free_port, site_config
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_hostile_strict import StrictUpstream, Violation, take
@@ -448,14 +447,12 @@ def test_static_resolution_never_leaves_the_root(tree, raw, listing, dotfiles):
 def worker(rex_module, upstream_module):
     strict = StrictUpstream()
     up = upstream_module.raw(strict)
-    port = free_port()
-    rex_module.write(site_config(port, {"/": up.url}, """\
+    port = rex_module.serve({"/": up.url}, """\
         limits: {header_bytes: 4k, body_bytes: 64k}
         timeouts: {header: 2, read: 2, idle: 2}
         logging: {access: off}
         workers: 1
-    """))
-    rex_module.start(ports=(port,))
+    """)
     return port, strict, rex_module
 
 

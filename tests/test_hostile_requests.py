@@ -20,7 +20,6 @@ import socket
 from pathlib import Path
 
 import pytest
-from conftest import free_port, site_config
 from test_hostile_strict import StrictUpstream, load_case, read_replies, unescape
 
 CASES = Path(__file__).parent / "hostile" / "requests"
@@ -41,14 +40,12 @@ BIG = {
 def site(rex_module, upstream_module):
     strict = StrictUpstream()
     up = upstream_module.raw(strict)
-    port = free_port()
-    rex_module.write(site_config(port, {"/": up.url}, """\
+    port = rex_module.serve({"/": up.url}, """\
         limits: {header_bytes: 4k, body_bytes: 64k}
         timeouts: {header: 3, read: 5}
         logging: {access: off}
         workers: 1
-    """))
-    rex_module.start(ports=(port,))
+    """)
     return port, strict
 
 

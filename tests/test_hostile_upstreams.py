@@ -22,7 +22,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from conftest import free_port, recv_head, site_config
+from conftest import recv_head
 from test_hostile_strict import Violation, load_case, read_replies
 
 CASES = Path(__file__).parent / "hostile" / "responses"
@@ -78,13 +78,11 @@ def site(rex_module, upstream_module):
     routes = "".join(
         f'- {{path: /case/{name}, destination: "{upstream_module.raw(script).url}",'
         f" retries: 0, timeouts: {{read: 2}}}}\n" for name, script in scripts.items())
-    port = free_port()
-    rex_module.write(site_config(port, routes, """\
+    port = rex_module.serve(routes, """\
         limits: {header_bytes: 4k}
         logging: {access: off}
         workers: 1
-    """))
-    rex_module.start(ports=(port,))
+    """)
     return port, scripts
 
 

@@ -16,7 +16,7 @@ import time
 from collections import Counter
 
 import pytest
-from conftest import free_port, site_config, wait_for
+from conftest import free_port, wait_for
 from lb_servers import CLOSE, READ_CLOSE, Backend, BlackHole
 
 from rex_workers.config.schema import parse_destination
@@ -103,13 +103,11 @@ def lb(rex_module):
                                  backup="true")],
               timeouts=f"{{connect: {CONNECT_TIMEOUT}s}}"),
     ]
-    port = free_port()
-    rex_module.write(site_config(port, "\n".join(routes), f"""\
+    port = rex_module.serve("\n".join(routes), f"""\
         upstream: [127.0.0.1:{b["g1"].port}, 127.0.0.1:{b["g2"].port}]
         logging: {{access: off}}
         workers: 1
-    """))
-    rex_module.start(ports=(port,))
+    """)
     yield port, b, hold, (dead, down1, down2)
     hold.set()
     for backend in b.values():

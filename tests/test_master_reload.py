@@ -37,9 +37,7 @@ def serving(rex, generation: int, size: int) -> bool:
 
 def test_sighup_under_load_fails_no_request(rex, upstream):
     up = upstream()
-    port = free_port()
-    rex.write(site_config(port, {"/": up.url}, "workers: 2\n"))
-    rex.start(ports=(port,))
+    port = rex.serve({"/": up.url}, "workers: 2\n")
     load = LoadLoop(port, threads=4).start()
     try:
         load.wait_for(50)
@@ -57,9 +55,7 @@ def test_sighup_under_load_fails_no_request(rex, upstream):
 
 def test_editing_the_config_file_reloads_it_under_load(rex, upstream):
     before, after = upstream(), upstream()
-    port = free_port()
-    rex.write(site_config(port, {"/": before.url}, "workers: 2\n"))
-    rex.start(ports=(port,))
+    port = rex.serve({"/": before.url}, "workers: 2\n")
     load = LoadLoop(port, "/edited", threads=4).start()
     try:
         load.wait_for(50)
@@ -99,9 +95,7 @@ def test_a_bad_edit_keeps_the_old_config_and_logs_the_exact_error(rex, upstream)
 
 def test_a_reload_that_cannot_bind_keeps_serving_and_says_why(rex, upstream):
     up = upstream()
-    port = free_port()
-    rex.write(site_config(port, {"/": up.url}, "workers: 1\n"))
-    rex.start(ports=(port,))
+    port = rex.serve({"/": up.url}, "workers: 1\n")
     rex.write(site_config(port, {"/": up.url}, "workers: 1\n").replace("127.0.0.1", "0.0.0.0"))
     rex.signal(signal.SIGHUP)  # the file watcher may try it too: both fail the same way
     wait_for(lambda: rex.status()["reloads"]["failed"] >= 1, what="the failed reload")
@@ -158,9 +152,7 @@ def tunnel_echo(sock: socket.socket) -> None:
 def test_an_open_websocket_outlives_a_reload_on_its_draining_worker(rex):
     echo = RawUpstream(tunnel_echo)
     try:
-        port = free_port()
-        rex.write(site_config(port, {"/": echo.url}, "workers: 1\n"))
-        rex.start(ports=(port,))
+        port = rex.serve({"/": echo.url}, "workers: 1\n")
         old = wait_for(lambda: pool(rex, 1), what="a worker")[0]
         client = socket.create_connection(("127.0.0.1", port), timeout=5)
         client.sendall(b"GET /hmr HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\n"

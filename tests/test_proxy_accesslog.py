@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import re
 
-from conftest import free_port, send_request, site_config, wait_for
+from conftest import free_port, send_request, wait_for
 
 COMBINED = re.compile(
     r'^127\.0\.0\.1 - - \[\d\d/\w{3}/\d{4}:\d\d:\d\d:\d\d [+-]\d{4}\] '
@@ -15,13 +15,11 @@ COMBINED = re.compile(
 
 def start(rex, upstream, fmt: str) -> tuple[int, object, int]:
     api, dead = upstream(), free_port()
-    port = free_port()
-    rex.write(site_config(port, {"/api": api.url, "/dead": f"http://127.0.0.1:{dead}"}, f"""\
+    port = rex.serve({"/api": api.url, "/dead": f"http://127.0.0.1:{dead}"}, f"""\
         logging: {{access: {rex.workdir}/access.log, format: {fmt},
                    error: {rex.workdir}/error.log}}
         workers: 1
-    """))
-    rex.start(ports=(port,))
+    """)
     return port, api, dead
 
 

@@ -24,8 +24,7 @@ def get(url: str, **kw):
 def api_site(rex_module, upstream_module):
     rex = rex_module
     api, front = upstream_module(), upstream_module()
-    port = free_port()
-    rex.write(site_config(port, f"""\
+    port = rex.serve(f"""\
         - path: /api
           destination: {api.url}
         - path: /old
@@ -33,8 +32,7 @@ def api_site(rex_module, upstream_module):
         - path: /strip
           destination: {api.url}
           strip_prefix: true
-    """, "workers: 1"))
-    rex.start(ports=(port,))
+    """, "workers: 1")
     return port, api, front
 
 

@@ -11,7 +11,7 @@ import threading
 import time
 
 import pytest
-from conftest import free_port, read_reply, recv_head, site_config
+from conftest import free_port, read_reply, recv_head
 
 STALL = threading.Event()  # set at teardown: releases every stalled upstream
 
@@ -89,12 +89,10 @@ def site(rex_module, upstream_module):
         - path: /{name}
           destination: {url}
           timeouts: {{connect: 0.5, read: 0.5}}""" for name, url in ups.items())
-    port = free_port()
-    rex_module.write(site_config(port, routes, """\
+    port = rex_module.serve(routes, """\
         logging: {access: off}
         workers: 1
-    """))
-    rex_module.start(ports=(port,))
+    """)
     yield port
     STALL.set()
     blackhole.close()

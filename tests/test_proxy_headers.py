@@ -7,7 +7,7 @@ from http.server import BaseHTTPRequestHandler
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
-from conftest import free_port, send_request, site_config
+from conftest import send_request
 
 
 class Redirector(BaseHTTPRequestHandler):
@@ -33,8 +33,7 @@ class Redirector(BaseHTTPRequestHandler):
 @pytest.fixture(scope="module")
 def site(rex_module, upstream_module):
     rec, redirect = upstream_module(), upstream_module(Redirector)
-    port = free_port()
-    rex_module.write(site_config(port, f"""\
+    port = rex_module.serve(f"""\
         - {{path: /rec, destination: "{rec.url}"}}
         - {{path: /host, destination: "{rec.url}", preserve_host: true}}
         - {{path: /opts, destination: "{rec.url}", methods: [GET, OPTIONS]}}
@@ -45,8 +44,7 @@ def site(rex_module, upstream_module):
         trusted_proxies: [127.0.0.1/32]
         logging: {access: off}
         workers: 1
-    """))
-    rex_module.start(ports=(port,))
+    """)
     return port, rec
 
 

@@ -9,7 +9,7 @@ import threading
 import time
 
 import pytest
-from conftest import free_port, read_reply, recv_head, send_request, site_config
+from conftest import read_reply, recv_head, send_request
 
 CLOSED = threading.Event()  # an answer-then-close upstream has closed its socket
 
@@ -85,8 +85,7 @@ def site(rex_module, upstream_module):
     raw = upstream_module.raw
     ups = {"ka": raw(keep_alive), "fin": raw(answer_then_close), "rst": raw(answer_then_reset),
            "bad": raw(read_then_close), "good": upstream_module(), "shapes": raw(shapes)}
-    port = free_port()
-    rex_module.write(site_config(port, f"""\
+    port = rex_module.serve(f"""\
         - {{path: /ka, destination: "{ups['ka'].url}"}}
         - {{path: /fin, destination: "{ups['fin'].url}"}}
         - {{path: /rst, destination: "{ups['rst'].url}"}}
@@ -99,8 +98,7 @@ def site(rex_module, upstream_module):
         timeouts: {header: 0.5, idle: 0.5}
         logging: {access: off}
         workers: 1
-    """))
-    rex_module.start(ports=(port,))
+    """)
     return port, ups
 
 

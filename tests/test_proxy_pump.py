@@ -10,7 +10,7 @@ import socket
 import threading
 
 import pytest
-from conftest import free_port, recv_head, send_request, site_config
+from conftest import recv_head, send_request
 
 from rex_workers.proxy.exchange import PUMP_MIN
 
@@ -47,12 +47,10 @@ def cut_short(sock: socket.socket) -> None:
 def site(rex_module, upstream_module):
     stray = upstream_module.raw(body_then_stray)
     cut = upstream_module.raw(cut_short)
-    port = free_port()
-    rex_module.write(site_config(port, {"/stray": stray.url, "/cut": cut.url}, """\
+    port = rex_module.serve({"/stray": stray.url, "/cut": cut.url}, """\
         logging: {access: off}
         workers: 1
-    """))
-    rex_module.start(ports=(port,))
+    """)
     return port, stray
 
 

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import free_port, read_reply, recv_head, send_request, site_config
+from conftest import read_reply, recv_head, send_request
 
 MB = 1024 * 1024
 BLOCK = b"r" * (256 * 1024)
@@ -137,13 +137,11 @@ def site(rex_module, upstream_module):
     raw = upstream_module.raw
     ups = {"sink": raw(sink), "source": raw(source), "echo": raw(echo), "sse": raw(sse),
            "trailers": raw(trailers), "status": raw(statuses), "continue": upstream_module()}
-    port = free_port()
-    rex_module.write(site_config(port, {f"/{name}": up.url for name, up in ups.items()}, """\
+    port = rex_module.serve({f"/{name}": up.url for name, up in ups.items()}, """\
         limits: {body_bytes: 200m}
         logging: {access: off}
         workers: 1
-    """))
-    rex_module.start(ports=(port,))
+    """)
     return port, ups, rex_module
 
 

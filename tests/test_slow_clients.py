@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import free_port, read_reply, recv_head, send_request, site_config, wait_for
+from conftest import free_port, read_reply, recv_head, send_request, wait_for
 
 IDLE_CONNECTIONS = 10_000
 MB = 1 << 20
@@ -58,8 +58,7 @@ def site(rex_module, upstream_module, tmp_path_factory):
     (public / "index.html").write_text("<p>hi</p>\n")
     api, api2 = upstream_module(), upstream_module()
     stream = upstream_module.raw(endless)
-    port = free_port()
-    rex_module.write(site_config(port, f"""\
+    port = rex_module.serve(f"""\
         - {{path: /api, destination: "{api.url}"}}
         - {{path: /endless, destination: "{stream.url}"}}
         - {{path: /pair, destination: ["{api.url}", "{api2.url}"]}}
@@ -67,8 +66,7 @@ def site(rex_module, upstream_module, tmp_path_factory):
         timeouts: {header: 1, read: 1, idle: 60}
         logging: {access: off}
         workers: 1
-    """, instance=f"public: {public}"))
-    rex_module.start(ports=(port,))
+    """, instance=f"public: {public}")
     yield port, rex_module.workers()[0], (api, api2)
     RELEASE.set()
 

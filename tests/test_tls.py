@@ -19,7 +19,7 @@ import time
 
 import pytest
 import trustme
-from conftest import free_port, read_reply, send_request, site_config, wait_for
+from conftest import free_port, read_reply, send_request, wait_for
 
 BIG = os.urandom(300 * 1024)  # past any single TLS record and socket buffer
 
@@ -193,10 +193,8 @@ def test_certificates_are_read_again_on_reload(rex, upstream, tmp_path):
     first, second = trustme.CA(), trustme.CA()
     cert, key = write_cert(first, tmp_path, "site", "localhost")
     rec = upstream()
-    port = free_port()
-    rex.write(site_config(port, {"/": rec.url}, "workers: 2",
-                          instance=f"tls: {{cert: {cert}, key: {key}}}"))
-    rex.start(ports=(port,))
+    port = rex.serve({"/": rec.url}, "workers: 2",
+                          instance=f"tls: {{cert: {cert}, key: {key}}}")
     assert https_get(port, "localhost", client_context(first))[0].status == 200
     # Renewed files under the same names (what certbot's renewal does), then `rex reload`.
     write_cert(second, tmp_path, "site", "localhost")

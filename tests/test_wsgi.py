@@ -31,8 +31,7 @@ def site(tmp_path_factory):
     (work / "public" / "hello.txt").write_text("static beside wsgi\n")
     api = Upstream()
     rex = Rex(work, work / "home")
-    port = free_port()
-    rex.write(site_config(port, f"""\
+    port = rex.serve(f"""\
         - path: /api
           destination: {api.url}
         - path: /flask
@@ -50,8 +49,7 @@ def site(tmp_path_factory):
         workers: 1
         pythonpath: ["{APPS}"]
         trusted_proxies: [127.0.0.1/32]
-    """, instance="public: ./public"))
-    rex.start(ports=(port,))
+    """, instance="public: ./public")
     rex.url = f"http://127.0.0.1:{port}"
     rex.port = port
     rex.work = work
@@ -387,8 +385,6 @@ def test_config_directory_is_on_sys_path(rex):
         "def app(environ, start_response):\n"
         "    start_response('200 OK', [('Content-Type', 'text/plain')])\n"
         "    return [environ['SCRIPT_NAME'].encode() + b'|' + environ['PATH_INFO'].encode()]\n")
-    port = free_port()
-    rex.write(site_config(port, {"/deep/mount": "wsgi:beside_config:app"}))
-    rex.start(ports=(port,))
+    port = rex.serve({"/deep/mount": "wsgi:beside_config:app"})
     assert requests.get(f"http://127.0.0.1:{port}/deep/mount/a/b", timeout=10).text == \
         "/deep/mount|/a/b"
