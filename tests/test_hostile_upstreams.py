@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 from conftest import recv_head
-from test_hostile_strict import Violation, load_case, read_replies
+from test_hostile_strict import Violation, load_case, read_replies, xfail_marks
 
 CASES = Path(__file__).parent / "hostile" / "responses"
 NAMES = sorted(p.stem for p in CASES.glob("*.http"))
@@ -100,12 +100,8 @@ def probe(port: int, name: str) -> None:
         assert [(r.status, r.body) for r in replies] == [(200, b"probe ok")]
 
 
-def xfail_marks(name: str) -> list:
-    reason = load_case(CASES / f"{name}.http")[0].get("xfail")
-    return [pytest.mark.xfail(reason=reason, strict=True)] if reason else []
-
-
-@pytest.mark.parametrize("name", [pytest.param(n, marks=xfail_marks(n)) for n in NAMES])
+@pytest.mark.parametrize("name", [pytest.param(n, marks=xfail_marks(CASES / f"{n}.http"))
+                                  for n in NAMES])
 def test_response_case(site, name):
     port, scripts = site
     script = scripts[name]
