@@ -275,6 +275,33 @@ def raw_request(port: int, data: bytes, timeout: float = 5.0) -> bytes:
         return b"".join(chunks)
 
 
+def read_until_close(sock: socket.socket, timeout: float, until: bytes | None = None,
+                     at_least: int = 0) -> tuple[bytes, bool]:
+    """What ``sock`` receives until it closes or the deadline: (bytes, closed).
+
+    With ``until``, stop early once those bytes and then ``at_least`` more have come.
+    """
+    deadline = time.monotonic() + timeout
+    data = b""
+    while True:
+        if until is not None and until in data and \
+                len(data) - data.index(until) - len(until) >= at_least:
+            return data, False
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return data, False
+        sock.settimeout(left)
+        try:
+            chunk = sock.recv(65536)
+        except TimeoutError:
+            continue  # the deadline check above ends it
+        except ConnectionResetError:
+            chunk = b""  # a reset is a close as well: what matters is that it came
+        if not chunk:
+            return data, True
+        data += chunk
+
+
 # -- proxy engine helpers (issue 3) -------------------------------------------------
 
 
@@ -385,16 +412,22 @@ class Reply:
                 self.headers[name.strip().lower()] = value.strip()
 
 
+def read_head(f) -> bytes:
+    """Read one message head, through its blank line, from a buffered socket file."""
+    head = b""
+    while not head.endswith(b"\r\n\r\n"):
+        line = f.readline()
+        if not line:
+            raise ConnectionError(f"closed in a head: {head!r}")
+        head += line
+    return head
+
+
 def read_reply(f, head_request: bool = False) -> Reply:
     """Read one response from a buffered socket file (``sock.makefile("rb")``)."""
     interim = []
     while True:
-        head = b""
-        while not head.endswith(b"\r\n\r\n"):
-            line = f.readline()
-            if not line:
-                raise ConnectionError(f"closed in a response head: {head!r}")
-            head += line
+        head = read_head(f)
         status = int(head.split(b" ", 2)[1])
         if 100 <= status < 200 and status != 101:
             interim.append(head)

@@ -33,6 +33,7 @@ from conftest import (
     connection_owner,
     free_port,
     port_open,
+    read_until_close,
     site_config,
     wait_for,
 )
@@ -77,33 +78,6 @@ def get(port: int, path: str = "/", timeout: float = 5.0) -> tuple[int, bytes]:
     assert closed, f"GET {path}: no close within {timeout}s: {data[:200]!r}"
     msg, _ = take(data, request=False, eof=True)
     return msg.status, msg.body
-
-
-def read_until_close(sock: socket.socket, timeout: float, until: bytes | None = None,
-                     at_least: int = 0) -> tuple[bytes, bool]:
-    """What ``sock`` receives until it closes or the deadline: (bytes, closed).
-
-    With ``until``, stop early once those bytes and then ``at_least`` more have come.
-    """
-    deadline = time.monotonic() + timeout
-    data = b""
-    while True:
-        if until is not None and until in data and \
-                len(data) - data.index(until) - len(until) >= at_least:
-            return data, False
-        left = deadline - time.monotonic()
-        if left <= 0:
-            return data, False
-        sock.settimeout(left)
-        try:
-            chunk = sock.recv(65536)
-        except TimeoutError:
-            continue  # the deadline check above ends it
-        except ConnectionResetError:
-            chunk = b""  # a reset is a close as well: what matters is that it came
-        if not chunk:
-            return data, True
-        data += chunk
 
 
 def status_json(rex) -> dict:

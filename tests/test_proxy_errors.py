@@ -11,7 +11,7 @@ import threading
 import time
 
 import pytest
-from conftest import free_port, read_reply, recv_head
+from conftest import free_port, read_head, read_reply, recv_head
 
 STALL = threading.Event()  # set at teardown: releases every stalled upstream
 
@@ -137,9 +137,7 @@ def test_upstream_dying_mid_body_closes_the_client_connection(site):
     with socket.create_connection(("127.0.0.1", site), timeout=10) as s:
         s.sendall(b"GET /truncated HTTP/1.1\r\nHost: a\r\n\r\n")
         f = s.makefile("rb")
-        head = b""
-        while not head.endswith(b"\r\n\r\n"):
-            head += f.readline()
+        head = read_head(f)
         assert head.startswith(b"HTTP/1.1 200 ") and b"Content-Length: 100" in head
         # Only what the upstream sent, then the close that tells the client it is short.
         assert f.read() == b"x" * 10

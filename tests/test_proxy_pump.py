@@ -10,7 +10,7 @@ import socket
 import threading
 
 import pytest
-from conftest import recv_head, send_request
+from conftest import read_head, recv_head, send_request
 
 from rex_workers.proxy.exchange import PUMP_MIN
 
@@ -77,9 +77,7 @@ def test_upstream_closing_mid_body_cuts_the_client_short(site):
     with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
         s.sendall(b"GET /cut HTTP/1.1\r\nHost: a\r\n\r\n")
         f = s.makefile("rb")
-        head = b""
-        while not head.endswith(b"\r\n\r\n"):
-            head += f.readline()
+        head = read_head(f)
         assert head.startswith(b"HTTP/1.1 200 ") and b"Content-Length: %d" % SIZE in head
         got = f.read()  # until Rex closes: it must, as the body can never be finished
     assert got == BODY[:SIZE // 2]

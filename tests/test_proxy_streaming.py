@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import read_reply, recv_head, send_request
+from conftest import read_head, read_reply, recv_head, send_request
 
 MB = 1024 * 1024
 BLOCK = b"r" * (256 * 1024)
@@ -100,9 +100,7 @@ def sse(sock: socket.socket) -> None:
 def trailers(sock: socket.socket) -> None:
     """Records a chunked request as received, answers chunked with trailers."""
     f = sock.makefile("rb")
-    head = b""
-    while not head.endswith(b"\r\n\r\n"):
-        head += f.readline()
+    head = read_head(f)
     body, tail = read_chunked(f)
     record = json.dumps({"head": head.decode(), "body": body.decode(),
                          "trailers": tail.decode()}).encode()
@@ -238,9 +236,7 @@ def test_server_sent_events_arrive_before_the_upstream_finishes(site):
         s.settimeout(5)
         s.sendall(b"GET /sse HTTP/1.1\r\nHost: a\r\nAccept: text/event-stream\r\n\r\n")
         f = s.makefile("rb")
-        head = b""
-        while not head.endswith(b"\r\n\r\n"):
-            head += f.readline()
+        head = read_head(f)
         assert b"chunked" in head
         # The upstream is still holding its second event back; the first must be here.
         size = int(f.readline(), 16)
