@@ -560,6 +560,14 @@ class LoadLoop:
             self.ok += 1
 
 
+def rss_kb(pid: int) -> int:
+    """Resident memory of process ``pid`` in KiB, from /proc."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no VmRSS for {pid}")
+
+
 def socket_inodes(pid: int) -> set[int]:
     """Inodes of the sockets process ``pid`` holds open."""
     found = set()

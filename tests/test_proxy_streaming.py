@@ -10,10 +10,9 @@ import json
 import socket
 import threading
 import time
-from pathlib import Path
 
 import pytest
-from conftest import read_head, read_reply, recv_head, send_request
+from conftest import read_head, read_reply, recv_head, rss_kb, send_request
 
 MB = 1024 * 1024
 BLOCK = b"r" * (256 * 1024)
@@ -141,13 +140,6 @@ def site(rex_module, upstream_module):
         workers: 1
     """)
     return port, ups, rex_module
-
-
-def rss_kb(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise AssertionError("no VmRSS")
 
 
 def connect(port: int) -> socket.socket:

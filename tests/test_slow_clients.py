@@ -16,21 +16,13 @@ import select
 import socket
 import threading
 import time
-from pathlib import Path
 
 import pytest
-from conftest import free_port, read_reply, recv_head, send_request, wait_for
+from conftest import free_port, read_reply, recv_head, rss_kb, send_request, wait_for
 
 IDLE_CONNECTIONS = 10_000
 MB = 1 << 20
 RELEASE = threading.Event()  # set at teardown: frees upstreams still streaming
-
-
-def rss_kb(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise AssertionError(f"no VmRSS for {pid}")
 
 
 def open_fds(pid: int) -> int:
