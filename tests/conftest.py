@@ -105,6 +105,13 @@ class Rex:
                 wait_for(lambda p=port: port_open(p), what=f"port {port}")
         return self
 
+    def serve(self, routes: str | dict[str, str], settings: str = "", **site: str) -> int:
+        """Start on a one-site config (``site_config``) with a free port; returns the port."""
+        port = free_port()
+        self.write(site_config(port, routes, settings, **site))
+        self.start(ports=(port,))
+        return port
+
     def wait_ready(self, timeout: float = 20.0) -> None:
         def ready() -> bool:
             if self.proc.poll() is not None:
@@ -152,6 +159,27 @@ class Rex:
                 os.kill(pid, signal.SIGKILL)
         self._out.close()
         return self.proc.returncode
+
+
+def site_config(port: int, routes: str | dict[str, str], settings: str = "", *,
+                instance: str = "") -> str:
+    """Config text for one site on 127.0.0.1:``port``, then the top-level ``settings``.
+
+    ``routes`` is the YAML list under ``routes:``, or ``{path: destination}``;
+    ``instance`` holds more keys of the site (``public: ...``). Each text may come
+    indented as it stands in a test: it is dedented and put in its place.
+    """
+    if isinstance(routes, dict):
+        routes = "".join(f'- {{path: {path}, destination: "{to}"}}\n'
+                         for path, to in routes.items())
+    site = (f"- port: {port}\n  host: 127.0.0.1\n" + _block(instance, "  ")
+            + "  routes:\n" + _block(routes, "    "))
+    return "server:\n  instances:\n" + _block(site, "    ") + _block(settings, "")
+
+
+def _block(text: str, pad: str) -> str:
+    text = textwrap.dedent(text).strip("\n")
+    return textwrap.indent(text, pad) + "\n" if text else ""
 
 
 @pytest.fixture
@@ -245,6 +273,33 @@ def raw_request(port: int, data: bytes, timeout: float = 5.0) -> bytes:
         except TimeoutError:
             pass
         return b"".join(chunks)
+
+
+def read_until_close(sock: socket.socket, timeout: float, until: bytes | None = None,
+                     at_least: int = 0) -> tuple[bytes, bool]:
+    """What ``sock`` receives until it closes or the deadline: (bytes, closed).
+
+    With ``until``, stop early once those bytes and then ``at_least`` more have come.
+    """
+    deadline = time.monotonic() + timeout
+    data = b""
+    while True:
+        if until is not None and until in data and \
+                len(data) - data.index(until) - len(until) >= at_least:
+            return data, False
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return data, False
+        sock.settimeout(left)
+        try:
+            chunk = sock.recv(65536)
+        except TimeoutError:
+            continue  # the deadline check above ends it
+        except ConnectionResetError:
+            chunk = b""  # a reset is a close as well: what matters is that it came
+        if not chunk:
+            return data, True
+        data += chunk
 
 
 # -- proxy engine helpers (issue 3) -------------------------------------------------
@@ -357,16 +412,22 @@ class Reply:
                 self.headers[name.strip().lower()] = value.strip()
 
 
+def read_head(f) -> bytes:
+    """Read one message head, through its blank line, from a buffered socket file."""
+    head = b""
+    while not head.endswith(b"\r\n\r\n"):
+        line = f.readline()
+        if not line:
+            raise ConnectionError(f"closed in a head: {head!r}")
+        head += line
+    return head
+
+
 def read_reply(f, head_request: bool = False) -> Reply:
     """Read one response from a buffered socket file (``sock.makefile("rb")``)."""
     interim = []
     while True:
-        head = b""
-        while not head.endswith(b"\r\n\r\n"):
-            line = f.readline()
-            if not line:
-                raise ConnectionError(f"closed in a response head: {head!r}")
-            head += line
+        head = read_head(f)
         status = int(head.split(b" ", 2)[1])
         if 100 <= status < 200 and status != 101:
             interim.append(head)
@@ -391,6 +452,13 @@ def read_reply(f, head_request: bool = False) -> Reply:
     else:
         reply.body = f.read()
     return reply
+
+
+def send_request(port: int, request: bytes, timeout: float = 5.0) -> Reply:
+    """Send ``request`` on a new connection to 127.0.0.1:``port`` and read one reply."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(request)
+        return read_reply(s.makefile("rb"), head_request=request.startswith(b"HEAD "))
 
 
 # -- master helpers (issue 4): load loops and /proc views of sockets ------------------
@@ -490,6 +558,14 @@ class LoadLoop:
             raise AssertionError(f"status {resp.status}: {body[:200]!r}")
         with self._lock:
             self.ok += 1
+
+
+def rss_kb(pid: int) -> int:
+    """Resident memory of process ``pid`` in KiB, from /proc."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no VmRSS for {pid}")
 
 
 def socket_inodes(pid: int) -> set[int]:

@@ -6,19 +6,16 @@ import hashlib
 import json
 import signal
 import socket
-import textwrap
 import threading
 import time
 import urllib.request
 from http.server import BaseHTTPRequestHandler
 
-from conftest import free_port, port_open, read_reply, wait_for
+from conftest import free_port, port_open, send_request, site_config, wait_for
 
 
 def admin_exchange(port: int, request: bytes) -> tuple[int, dict, bytes]:
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
-        s.sendall(request)
-        reply = read_reply(s.makefile("rb"), head_request=request.startswith(b"HEAD"))
+    reply = send_request(port, request)
     return reply.status, reply.headers, reply.body
 
 
@@ -27,12 +24,7 @@ def get(port: int, path: str) -> tuple[int, dict, bytes]:
 
 
 def config(port: int, admin: int, destination: str, extra: str = "") -> str:
-    return textwrap.dedent(f"""\
-        server:
-          instances:
-            - port: {port}
-              host: 127.0.0.1
-              routes: [{{path: /, destination: "{destination}"}}]
+    return site_config(port, {"/": destination}, f"""\
         workers: 2
         logging: {{access: off}}
         admin: {{port: {admin}}}

@@ -10,8 +10,8 @@ import subprocess
 import sys
 import urllib.request
 
-from conftest import ROOT, alive, free_port, port_open, wait_for
-from test_master import fetch_in_thread, site, slow_upstream
+from conftest import ROOT, alive, free_port, port_open, site_config, wait_for
+from test_master import fetch_in_thread, slow_upstream
 
 
 def test_version(rex):
@@ -103,7 +103,7 @@ def test_two_daemonized_masters_status_usr1_and_stop(rex, upstream, daemons):
     for name, workers in (("a", 2), ("b", 1)):
         port = free_port()
         path = rex.workdir / f"{name}.yaml"
-        path.write_text(site(port, slow.url, f"workers: {workers}\n"))
+        path.write_text(site_config(port, {"/": slow.url}, f"workers: {workers}\n"))
         started = rex.cli("start", "-c", str(path))
         assert started.returncode == 0, started.stderr
         lines = started.stdout.strip().splitlines()

@@ -27,7 +27,16 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import LoadLoop, alive, connection_owner, free_port, port_open, wait_for
+from conftest import (
+    LoadLoop,
+    alive,
+    connection_owner,
+    free_port,
+    port_open,
+    read_until_close,
+    site_config,
+    wait_for,
+)
 from test_hostile_strict import Violation, take
 
 # An upstream in its own process, so the test can SIGKILL it mid-response: it
@@ -61,13 +70,6 @@ while True:
 """
 
 
-def site(port: int, routes: dict[str, str], extra: str = "") -> str:
-    lines = [f"server:\n  instances:\n    - port: {port}\n      host: 127.0.0.1\n      routes:\n"]
-    lines += [f"        - {{path: {path}, destination: \"{dest}\"}}\n"
-              for path, dest in routes.items()]
-    return "".join(lines) + extra
-
-
 def get(port: int, path: str = "/", timeout: float = 5.0) -> tuple[int, bytes]:
     """One GET on a fresh connection with ``Connection: close``: (status, body)."""
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
@@ -76,33 +78,6 @@ def get(port: int, path: str = "/", timeout: float = 5.0) -> tuple[int, bytes]:
     assert closed, f"GET {path}: no close within {timeout}s: {data[:200]!r}"
     msg, _ = take(data, request=False, eof=True)
     return msg.status, msg.body
-
-
-def read_until_close(sock: socket.socket, timeout: float, until: bytes | None = None,
-                     at_least: int = 0) -> tuple[bytes, bool]:
-    """What ``sock`` receives until it closes or the deadline: (bytes, closed).
-
-    With ``until``, stop early once those bytes and then ``at_least`` more have come.
-    """
-    deadline = time.monotonic() + timeout
-    data = b""
-    while True:
-        if until is not None and until in data and \
-                len(data) - data.index(until) - len(until) >= at_least:
-            return data, False
-        left = deadline - time.monotonic()
-        if left <= 0:
-            return data, False
-        sock.settimeout(left)
-        try:
-            chunk = sock.recv(65536)
-        except TimeoutError:
-            continue  # the deadline check above ends it
-        except ConnectionResetError:
-            chunk = b""  # a reset is a close as well: what matters is that it came
-        if not chunk:
-            return data, True
-        data += chunk
 
 
 def status_json(rex) -> dict:
@@ -165,9 +140,9 @@ def dying(rex, upstream):
     port = free_port()
     # A read timeout of 30 s: were Rex to wait for the dead upstream, the client's
     # 5 s deadline would report it as the hang it is.
-    rex.write(site(port, {"/cut-length": victim.url, "/cut-chunked": victim.url,
-                          "/silent": victim.url, "/ok": healthy.url},
-                   "timeouts: {read: 30}\nlogging: {access: off}\nworkers: 1\n"))
+    rex.write(site_config(port, {"/cut-length": victim.url, "/cut-chunked": victim.url,
+                                 "/silent": victim.url, "/ok": healthy.url},
+                          "timeouts: {read: 30}\nlogging: {access: off}\nworkers: 1\n"))
     rex.start(ports=(port,))
     yield port, victim, rex.workers()
     victim.kill()
@@ -243,9 +218,7 @@ def test_workers_killed_under_load_fail_only_their_own_requests(rex, upstream):
     is back to two ready workers each time.
     """
     up = upstream()
-    port = free_port()
-    rex.write(site(port, {"/": up.url}, "logging: {access: off}\nworkers: 2\n"))
-    rex.start(ports=(port,))
+    port = rex.serve({"/": up.url}, "logging: {access: off}\nworkers: 2\n")
     load = LoadLoop(port, threads=6).start()
     lost: list[tuple[int, int]] = []  # (victim's connections, requests lost) per kill
     owned_by_victims: set[int] = set()
@@ -292,9 +265,7 @@ def full_disk(rex, upstream):
     if not os.access("/dev/full", os.W_OK):
         pytest.skip("no writable /dev/full on this system")
     up = upstream()
-    port = free_port()
-    rex.write(site(port, {"/": up.url}, "logging: {access: /dev/full}\nworkers: 1\n"))
-    rex.start(ports=(port,))
+    port = rex.serve({"/": up.url}, "logging: {access: /dev/full}\nworkers: 1\n")
     return port, rex.workers()
 
 
@@ -326,9 +297,7 @@ def test_access_log_on_a_full_disk_is_reported(rex, full_disk):
 
 def test_deleted_config_keeps_serving_and_a_new_file_is_picked_up(rex, upstream):
     first, second = upstream(), upstream()
-    port = free_port()
-    rex.write(site(port, {"/": first.url}, "logging: {access: off}\nworkers: 1\n"))
-    rex.start(ports=(port,))
+    port = rex.serve({"/": first.url}, "logging: {access: off}\nworkers: 1\n")
     assert get(port, "/one")[0] == 200 and len(first.requests) == 1
     rex.config.unlink()
     wait_for(lambda: f"config file {rex.config} is gone; still serving generation 1"
@@ -342,7 +311,7 @@ def test_deleted_config_keeps_serving_and_a_new_file_is_picked_up(rex, upstream)
     wait_for(lambda: rex.status()["reloads"]["failed"] == 1, what="the failed reload")
     assert rex.status()["generation"] == 1 and get(port, "/after-hup")[0] == 200
     # A good file written back is picked up by the watcher, with no signal.
-    rex.write(site(port, {"/": second.url}, "logging: {access: off}\nworkers: 1\n"))
+    rex.write(site_config(port, {"/": second.url}, "logging: {access: off}\nworkers: 1\n"))
     wait_for(lambda: rex.status()["generation"] == 2 and ready_pool(rex, 1), timeout=10,
              what="the new file serving as generation 2")
     assert get(port, "/two")[0] == 200
@@ -396,16 +365,15 @@ def test_port_in_use_at_start_fails_clearly_and_leaves_nothing(rex, foreground):
 
 def test_port_in_use_at_reload_keeps_the_old_config(rex, upstream):
     up = upstream()
-    port = free_port()
-    rex.write(site(port, {"/": up.url}, "logging: {access: off}\nworkers: 1\n"))
-    rex.start(ports=(port,))
+    port = rex.serve({"/": up.url}, "logging: {access: off}\nworkers: 1\n")
     (worker,) = rex.workers()
     busy = busy_port()
     try:
         taken = busy.getsockname()[1]
         second = (f"    - port: {taken}\n      host: 127.0.0.1\n      routes:\n"
                   f"        - {{path: /, destination: \"{up.url}\"}}\n")
-        rex.write(site(port, {"/": up.url}) + second + "logging: {access: off}\nworkers: 1\n")
+        rex.write(site_config(port, {"/": up.url}) + second
+                  + "logging: {access: off}\nworkers: 1\n")
         rex.signal(signal.SIGHUP)  # the watcher may see the edit first: both fail alike
         wait_for(lambda: rex.status()["reloads"]["failed"] >= 1, what="the failed reload")
         error = f"port {taken} is already in use (instance 1)"

@@ -35,12 +35,11 @@ import fnmatch
 import itertools
 import os
 import socket
-import time
 from pathlib import Path
 from urllib.parse import quote
 
 import pytest
-from conftest import free_port
+from conftest import read_until_close
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_hostile_strict import StrictUpstream, Violation, take
@@ -449,21 +448,12 @@ def test_static_resolution_never_leaves_the_root(tree, raw, listing, dotfiles):
 def worker(rex_module, upstream_module):
     strict = StrictUpstream()
     up = upstream_module.raw(strict)
-    port = free_port()
-    rex_module.write(f"""\
-        server:
-          instances:
-            - port: {port}
-              host: 127.0.0.1
-              routes:
-                - path: /
-                  destination: {up.url}
-        limits: {{header_bytes: 4k, body_bytes: 64k}}
-        timeouts: {{header: 2, read: 2, idle: 2}}
-        logging: {{access: off}}
+    port = rex_module.serve({"/": up.url}, """\
+        limits: {header_bytes: 4k, body_bytes: 64k}
+        timeouts: {header: 2, read: 2, idle: 2}
+        logging: {access: off}
         workers: 1
     """)
-    rex_module.start(ports=(port,))
     return port, strict, rex_module
 
 
@@ -482,7 +472,9 @@ def exchange(port: int, data: bytes) -> tuple[list, bytes]:
             s.shutdown(socket.SHUT_WR)
         except OSError:
             pass  # Rex refused and closed while we were sending: read what it said
-        raw = read_all(s, timeout=6)
+        raw, closed = read_until_close(s, 6)
+    if not closed:
+        raise AssertionError(f"no close within 6s; got {raw[:300]!r}")
     replies, pos = [], 0
     while pos < len(raw):
         head = len(replies) < len(methods) and methods[len(replies)] == "HEAD"
@@ -491,25 +483,6 @@ def exchange(port: int, data: bytes) -> tuple[list, bytes]:
         if msg.status >= 200:
             replies.append(msg)
     return replies, raw
-
-
-def read_all(sock: socket.socket, timeout: float) -> bytes:
-    deadline = time.monotonic() + timeout
-    data = b""
-    while True:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise AssertionError(f"no close within {timeout}s; got {data[:300]!r}")
-        sock.settimeout(left)
-        try:
-            chunk = sock.recv(65536)
-        except TimeoutError:
-            continue  # the deadline check above reports it
-        except ConnectionResetError:
-            chunk = b""  # a reset after the last reply is a close too
-        if not chunk:
-            return data
-        data += chunk
 
 
 @fuzz(60)

@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import json
 import signal
-import socket
-import textwrap
 import urllib.request
 from http.server import BaseHTTPRequestHandler
 
 import pytest
-from conftest import connection_owner, free_port, read_reply, wait_for
+from conftest import connection_owner, free_port, send_request, site_config, wait_for
 
 
 class Flaky(BaseHTTPRequestHandler):
@@ -50,9 +48,7 @@ def flaky(upstream):
 
 
 def admin_status(port: int) -> dict:
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
-        s.sendall(b"GET /status HTTP/1.1\r\nHost: x\r\n\r\n")
-        return json.loads(read_reply(s.makefile("rb")).body)
+    return json.loads(send_request(port, b"GET /status HTTP/1.1\r\nHost: x\r\n\r\n").body)
 
 
 def verdict(admin: int, key: str) -> tuple[str, int]:
@@ -72,16 +68,11 @@ def worker_one(admin: int) -> int:
 def checked(rex, upstream):
     a, b = flaky(upstream), flaky(upstream)
     port, admin = free_port(), free_port()
-    rex.write(textwrap.dedent(f"""\
-        server:
-          instances:
-            - port: {port}
-              host: 127.0.0.1
-              routes:
-                - path: /api
-                  destination: ["{a.url}", "{b.url}"]
-                  health_check: {{path: /health, interval: 100ms, timeout: 1s, fails: 2,
-                                 passes: 2}}
+    rex.write(site_config(port, f"""\
+        - path: /api
+          destination: ["{a.url}", "{b.url}"]
+          health_check: {{path: /health, interval: 100ms, timeout: 1s, fails: 2, passes: 2}}
+    """, f"""\
         workers: 2
         logging: {{access: off}}
         admin: {{port: {admin}}}

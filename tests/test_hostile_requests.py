@@ -20,8 +20,7 @@ import socket
 from pathlib import Path
 
 import pytest
-from conftest import free_port
-from test_hostile_strict import StrictUpstream, load_case, read_replies, unescape
+from test_hostile_strict import StrictUpstream, load_case, read_replies, unescape, xfail_marks
 
 CASES = Path(__file__).parent / "hostile" / "requests"
 NAMES = sorted(p.stem for p in CASES.glob("*.http"))
@@ -41,21 +40,12 @@ BIG = {
 def site(rex_module, upstream_module):
     strict = StrictUpstream()
     up = upstream_module.raw(strict)
-    port = free_port()
-    rex_module.write(f"""\
-        server:
-          instances:
-            - port: {port}
-              host: 127.0.0.1
-              routes:
-                - path: /
-                  destination: {up.url}
-        limits: {{header_bytes: 4k, body_bytes: 64k}}
-        timeouts: {{header: 3, read: 5}}
-        logging: {{access: off}}
+    port = rex_module.serve({"/": up.url}, """\
+        limits: {header_bytes: 4k, body_bytes: 64k}
+        timeouts: {header: 3, read: 5}
+        logging: {access: off}
         workers: 1
     """)
-    rex_module.start(ports=(port,))
     return port, strict
 
 
@@ -81,12 +71,8 @@ def check_invariant(strict: StrictUpstream, before: int, replies: list) -> list:
     return seen
 
 
-def xfail_marks(name: str) -> list:
-    reason = load_case(CASES / f"{name}.http")[0].get("xfail")
-    return [pytest.mark.xfail(reason=reason, strict=True)] if reason else []
-
-
-@pytest.mark.parametrize("name", [pytest.param(n, marks=xfail_marks(n)) for n in NAMES])
+@pytest.mark.parametrize("name", [pytest.param(n, marks=xfail_marks(CASES / f"{n}.http"))
+                                  for n in NAMES])
 def test_request_case(site, name):
     port, strict = site
     meta, (data,) = load_case(CASES / f"{name}.http")

@@ -68,6 +68,12 @@ def load_case(path: Path) -> tuple[dict[str, str], list[bytes]]:
     return meta, [*parts, b"".join(out)]
 
 
+def xfail_marks(path: Path) -> list:
+    """A strict xfail mark for a case whose ``# xfail:`` says why it fails, else none."""
+    reason = load_case(path)[0].get("xfail")
+    return [pytest.mark.xfail(reason=reason, strict=True)] if reason else []
+
+
 def unescape(text: str) -> bytes:
     """A metadata value with the data files' escapes (``\\r``, ``\\xNN``...) as bytes."""
     return _ESCAPE.sub(_unescape, text.encode("latin-1"))

@@ -22,8 +22,8 @@ import threading
 from pathlib import Path
 
 import pytest
-from conftest import free_port, recv_head
-from test_hostile_strict import Violation, load_case, read_replies
+from conftest import recv_head
+from test_hostile_strict import Violation, load_case, read_replies, xfail_marks
 
 CASES = Path(__file__).parent / "hostile" / "responses"
 NAMES = sorted(p.stem for p in CASES.glob("*.http"))
@@ -76,20 +76,13 @@ def site(rex_module, upstream_module):
     """One route and one upstream per case, so a desync in one case cannot leak into another."""
     scripts = {name: Scripted(name) for name in [*NAMES, *BIG]}
     routes = "".join(
-        f"\n        - {{path: /case/{name}, destination: \"{upstream_module.raw(script).url}\","
-        f" retries: 0, timeouts: {{read: 2}}}}" for name, script in scripts.items())
-    port = free_port()
-    rex_module.write(f"""\
-server:
-  instances:
-    - port: {port}
-      host: 127.0.0.1
-      routes:{routes}
-limits: {{header_bytes: 4k}}
-logging: {{access: off}}
-workers: 1
-""")
-    rex_module.start(ports=(port,))
+        f'- {{path: /case/{name}, destination: "{upstream_module.raw(script).url}",'
+        f" retries: 0, timeouts: {{read: 2}}}}\n" for name, script in scripts.items())
+    port = rex_module.serve(routes, """\
+        limits: {header_bytes: 4k}
+        logging: {access: off}
+        workers: 1
+    """)
     return port, scripts
 
 
@@ -107,12 +100,8 @@ def probe(port: int, name: str) -> None:
         assert [(r.status, r.body) for r in replies] == [(200, b"probe ok")]
 
 
-def xfail_marks(name: str) -> list:
-    reason = load_case(CASES / f"{name}.http")[0].get("xfail")
-    return [pytest.mark.xfail(reason=reason, strict=True)] if reason else []
-
-
-@pytest.mark.parametrize("name", [pytest.param(n, marks=xfail_marks(n)) for n in NAMES])
+@pytest.mark.parametrize("name", [pytest.param(n, marks=xfail_marks(CASES / f"{n}.http"))
+                                  for n in NAMES])
 def test_response_case(site, name):
     port, scripts = site
     script = scripts[name]

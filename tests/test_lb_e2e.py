@@ -63,8 +63,8 @@ def entry(backend: Backend | str, **options) -> str:
 
 
 def route(path: str, entries: list[str], **options) -> str:
-    lines = [f"        - path: {path}", *(f"          {k}: {v}" for k, v in options.items()),
-             "          destination:", *(f"            - {e}" for e in entries)]
+    lines = [f"- path: {path}", *(f"  {k}: {v}" for k, v in options.items()),
+             "  destination:", *(f"    - {e}" for e in entries)]
     return "\n".join(lines)
 
 
@@ -103,19 +103,11 @@ def lb(rex_module):
                                  backup="true")],
               timeouts=f"{{connect: {CONNECT_TIMEOUT}s}}"),
     ]
-    port, routes_yaml = free_port(), "\n".join(routes)
-    rex_module.write(f"""\
-server:
-  instances:
-    - port: {port}
-      host: 127.0.0.1
-      routes:
-{routes_yaml}
-upstream: [127.0.0.1:{b["g1"].port}, 127.0.0.1:{b["g2"].port}]
-logging: {{access: off}}
-workers: 1
-""")
-    rex_module.start(ports=(port,))
+    port = rex_module.serve("\n".join(routes), f"""\
+        upstream: [127.0.0.1:{b["g1"].port}, 127.0.0.1:{b["g2"].port}]
+        logging: {{access: off}}
+        workers: 1
+    """)
     yield port, b, hold, (dead, down1, down2)
     hold.set()
     for backend in b.values():

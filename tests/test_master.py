@@ -23,16 +23,11 @@ from conftest import (
     connection_owner,
     free_port,
     port_open,
+    site_config,
     socket_inodes,
     tcp_table,
     wait_for,
 )
-
-
-def site(port: int, destination: str, extra: str = "", path: str = "/") -> str:
-    return (f"server:\n  instances:\n    - port: {port}\n      host: 127.0.0.1\n"
-            f"      routes:\n        - path: {path}\n          destination: {destination}\n"
-            + extra)
 
 
 def pool(rex, size: int, *, without: tuple[int, ...] = ()) -> list[int] | None:
@@ -54,9 +49,7 @@ def get(url: str, timeout: float = 10) -> tuple[int, bytes]:
 
 def test_killed_worker_fails_only_its_own_requests_and_is_replaced_at_once(rex, upstream):
     up = upstream()
-    port = free_port()
-    rex.write(site(port, up.url, "workers: 2\n"))
-    rex.start(ports=(port,))
+    port = rex.serve({"/": up.url}, "workers: 2\n")
     load = LoadLoop(port, threads=4).start()
     try:
         load.wait_for(100)
@@ -84,9 +77,7 @@ def test_killed_worker_fails_only_its_own_requests_and_is_replaced_at_once(rex, 
 
 def test_blocked_hub_is_detected_by_heartbeat_and_replaced(rex, upstream):
     up = upstream()
-    port = free_port()
-    rex.write(site(port, up.url, "workers: 2\ntimeout: 1\n"))
-    rex.start(ports=(port,))
+    port = rex.serve({"/": up.url}, "workers: 2\ntimeout: 1\n")
     victim = wait_for(lambda: pool(rex, 2), what="two ready workers")[0]
     stopped_at = time.monotonic()
     os.kill(victim, signal.SIGSTOP)  # its hub can no longer run: no more heartbeats
@@ -122,7 +113,7 @@ def app(environ, start_response):
 
 def test_worker_that_cannot_boot_fails_start_with_the_reason(rex, daemons):
     (rex.workdir / "broken_app.py").write_text(BROKEN_APP)
-    rex.write(site(free_port(), "wsgi:broken_app:app", "workers: 1\n"))
+    rex.write(site_config(free_port(), {"/": "wsgi:broken_app:app"}, "workers: 1\n"))
     for args in (("-f",), ()):  # foreground and daemonized
         started = time.monotonic()
         result = rex.cli("start", *args, "-c", str(rex.config))
@@ -136,9 +127,7 @@ def test_worker_that_cannot_boot_fails_start_with_the_reason(rex, daemons):
 
 def test_worker_that_keeps_failing_backs_off_instead_of_fork_bombing(rex):
     (rex.workdir / "flaky_app.py").write_text(FLAKY_APP)
-    port = free_port()
-    rex.write(site(port, "wsgi:flaky_app:app", "workers: 1\n"))
-    rex.start(ports=(port,))
+    port = rex.serve({"/": "wsgi:flaky_app:app"}, "workers: 1\n")
     assert get(f"http://127.0.0.1:{port}/") == (200, b"flaky app ok")
     (rex.workdir / "broken").touch()
     os.kill(rex.workers()[0], signal.SIGKILL)
@@ -159,9 +148,7 @@ def test_worker_that_keeps_failing_backs_off_instead_of_fork_bombing(rex):
 
 def test_ttin_adds_and_ttou_retires_a_worker(rex, upstream):
     up = upstream()
-    port = free_port()
-    rex.write(site(port, up.url, "workers: 1\n"))
-    rex.start(ports=(port,))
+    port = rex.serve({"/": up.url}, "workers: 1\n")
     first = wait_for(lambda: pool(rex, 1), what="one worker")
     rex.signal(signal.SIGTTIN)  # one at a time: pending signals of one kind merge into one
     wait_for(lambda: pool(rex, 2), what="two workers")
@@ -180,7 +167,7 @@ def test_usr1_reopens_log_files(rex, upstream):
     up = upstream()
     port = free_port()
     access = rex.workdir / "access.log"
-    rex.write(site(port, up.url, f"workers: 2\nlogging:\n  access: {access}\n"))
+    rex.write(site_config(port, {"/": up.url}, f"workers: 2\nlogging:\n  access: {access}\n"))
     rex.start(ports=(port,))
     get(f"http://127.0.0.1:{port}/before")
     wait_for(lambda: access.exists() and b"/before" in access.read_bytes(), what="a log line")
@@ -196,10 +183,8 @@ def test_usr1_reopens_log_files(rex, upstream):
 
 def test_max_requests_recycles_workers_without_failing_a_request(rex, upstream):
     up = upstream()
-    port = free_port()
-    rex.write(site(port, up.url, "workers: 2\ntimeout: 1\nmax_requests: 40\n"
-                                 "max_requests_jitter: 10\n"))
-    rex.start(ports=(port,))
+    port = rex.serve({"/": up.url}, "workers: 2\ntimeout: 1\nmax_requests: 40\n"
+                                 "max_requests_jitter: 10\n")
     load = LoadLoop(port, threads=3).start()
     try:
         wait_for(lambda: rex.output().count("draining (recycling after") >= 3, timeout=20,
@@ -248,9 +233,7 @@ def fetch_in_thread(url: str) -> dict:
 
 def test_stop_drains_an_in_flight_request_and_refuses_new_ones(rex, upstream):
     up = slow_upstream(upstream)
-    port = free_port()
-    rex.write(site(port, up.url, "workers: 2\n"))
-    rex.start(ports=(port,))
+    port = rex.serve({"/": up.url}, "workers: 2\n")
     slow = fetch_in_thread(f"http://127.0.0.1:{port}/slow?s=1.5")
     assert up.server.arrived.wait(10)
     os.kill(rex.pid, signal.SIGTERM)
@@ -264,9 +247,7 @@ def test_stop_drains_an_in_flight_request_and_refuses_new_ones(rex, upstream):
 
 def test_graceful_timeout_bounds_how_long_a_stop_waits(rex, upstream):
     up = slow_upstream(upstream)
-    port = free_port()
-    rex.write(site(port, up.url, "workers: 1\ngraceful_timeout: 0.5\n"))
-    rex.start(ports=(port,))
+    port = rex.serve({"/": up.url}, "workers: 1\ngraceful_timeout: 0.5\n")
     slow = fetch_in_thread(f"http://127.0.0.1:{port}/slow?s=5")
     assert up.server.arrived.wait(10)
     asked = time.monotonic()
@@ -279,9 +260,7 @@ def test_graceful_timeout_bounds_how_long_a_stop_waits(rex, upstream):
 
 def test_orphaned_workers_exit_when_the_master_is_killed(rex, upstream):
     up = upstream()
-    port = free_port()
-    rex.write(site(port, up.url, "workers: 2\ntimeout: 1\n"))
-    rex.start(ports=(port,))
+    rex.serve({"/": up.url}, "workers: 2\ntimeout: 1\n")
     workers = wait_for(lambda: pool(rex, 2), what="two workers")
     os.kill(rex.pid, signal.SIGKILL)
     wait_for(lambda: not any(alive(w) for w in workers), timeout=5, what="workers exiting")
@@ -291,7 +270,7 @@ def test_master_process_facts(rex, upstream):
     """Titles, no gevent in the master, RLIMIT_NOFILE raised, workers never bind."""
     up = upstream()
     port = free_port()
-    rex.write(site(port, up.url, "workers: 2\n"))
+    rex.write(site_config(port, {"/": up.url}, "workers: 2\n"))
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(soft, 512), hard))
     try:
@@ -316,9 +295,7 @@ def test_master_process_facts(rex, upstream):
 
 def test_reuse_port_gives_each_worker_its_own_socket_kept_across_restarts(rex, upstream):
     up = upstream()
-    port = free_port()
-    rex.write(site(port, up.url, "workers: 2\nreuse_port: true\n"))
-    rex.start(ports=(port,))
+    port = rex.serve({"/": up.url}, "workers: 2\nreuse_port: true\n")
     workers = wait_for(lambda: pool(rex, 2), what="two workers")
     listening = {inode for local, _r, state, inode in tcp_table() if local == port
                  and state == "0A"}
@@ -337,8 +314,6 @@ def test_reuse_port_gives_each_worker_its_own_socket_kept_across_restarts(rex, u
 def test_master_children_are_only_its_workers(rex, upstream):
     """Nothing but workers is forked: no helper processes to leak."""
     up = upstream()
-    port = free_port()
-    rex.write(site(port, up.url, "workers: 3\n"))
-    rex.start(ports=(port,))
+    rex.serve({"/": up.url}, "workers: 3\n")
     workers = wait_for(lambda: pool(rex, 3), what="three workers")
     assert sorted(children(rex.pid)) == workers

@@ -11,8 +11,17 @@ import json
 import signal
 import socket
 
-from conftest import LoadLoop, RawUpstream, alive, free_port, port_open, recv_head, wait_for
-from test_master import BROKEN_APP, fetch_in_thread, get, pool, site, slow_upstream
+from conftest import (
+    LoadLoop,
+    RawUpstream,
+    alive,
+    free_port,
+    port_open,
+    recv_head,
+    site_config,
+    wait_for,
+)
+from test_master import BROKEN_APP, fetch_in_thread, get, pool, slow_upstream
 
 
 def serving(rex, generation: int, size: int) -> bool:
@@ -28,9 +37,7 @@ def serving(rex, generation: int, size: int) -> bool:
 
 def test_sighup_under_load_fails_no_request(rex, upstream):
     up = upstream()
-    port = free_port()
-    rex.write(site(port, up.url, "workers: 2\n"))
-    rex.start(ports=(port,))
+    port = rex.serve({"/": up.url}, "workers: 2\n")
     load = LoadLoop(port, threads=4).start()
     try:
         load.wait_for(50)
@@ -48,13 +55,11 @@ def test_sighup_under_load_fails_no_request(rex, upstream):
 
 def test_editing_the_config_file_reloads_it_under_load(rex, upstream):
     before, after = upstream(), upstream()
-    port = free_port()
-    rex.write(site(port, before.url, "workers: 2\n"))
-    rex.start(ports=(port,))
+    port = rex.serve({"/": before.url}, "workers: 2\n")
     load = LoadLoop(port, "/edited", threads=4).start()
     try:
         load.wait_for(50)
-        rex.write(site(port, after.url, "workers: 2\n"))  # in place, like an editor
+        rex.write(site_config(port, {"/": after.url}, "workers: 2\n"))  # in place, like an editor
         wait_for(lambda: serving(rex, 2, 2), timeout=15, what="the edited config serving")
         served_before = len(before.requests)
         load.wait_for(50)
@@ -70,7 +75,7 @@ def test_editing_the_config_file_reloads_it_under_load(rex, upstream):
 def test_a_bad_edit_keeps_the_old_config_and_logs_the_exact_error(rex, upstream):
     up = upstream()
     port = free_port()
-    good = site(port, up.url, "workers: 2\n")
+    good = site_config(port, {"/": up.url}, "workers: 2\n")
     rex.write(good)
     rex.start(ports=(port,))
     rex.write(good.replace("workers: 2", "workers: 0\nrootes: []"))
@@ -90,10 +95,8 @@ def test_a_bad_edit_keeps_the_old_config_and_logs_the_exact_error(rex, upstream)
 
 def test_a_reload_that_cannot_bind_keeps_serving_and_says_why(rex, upstream):
     up = upstream()
-    port = free_port()
-    rex.write(site(port, up.url, "workers: 1\n"))
-    rex.start(ports=(port,))
-    rex.write(site(port, up.url, "workers: 1\n").replace("127.0.0.1", "0.0.0.0"))
+    port = rex.serve({"/": up.url}, "workers: 1\n")
+    rex.write(site_config(port, {"/": up.url}, "workers: 1\n").replace("127.0.0.1", "0.0.0.0"))
     rex.signal(signal.SIGHUP)  # the file watcher may try it too: both fail the same way
     wait_for(lambda: rex.status()["reloads"]["failed"] >= 1, what="the failed reload")
     assert rex.status()["reloads"]["last_error"] == (
@@ -106,9 +109,9 @@ def test_reload_onto_workers_that_cannot_boot_keeps_the_old_generation(rex, upst
     up = upstream()
     port = free_port()
     (rex.workdir / "broken_app.py").write_text(BROKEN_APP)
-    rex.write(site(port, up.url, "workers: 2\n"))
+    rex.write(site_config(port, {"/": up.url}, "workers: 2\n"))
     rex.start(ports=(port,))
-    broken = site(port, up.url, "workers: 2\n").replace(
+    broken = site_config(port, {"/": up.url}, "workers: 2\n").replace(
         "      routes:\n",
         "      routes:\n        - path: /app\n          destination: wsgi:broken_app:app\n")
     rex.write(broken)
@@ -122,11 +125,11 @@ def test_reload_onto_workers_that_cannot_boot_keeps_the_old_generation(rex, upst
 def test_reload_moves_a_listener_and_closes_the_old_one_after_its_workers(rex, upstream):
     up = slow_upstream(upstream)
     old, new = free_port(), free_port()
-    rex.write(site(old, up.url, "workers: 1\n"))
+    rex.write(site_config(old, {"/": up.url}, "workers: 1\n"))
     rex.start(ports=(old,))
     slow = fetch_in_thread(f"http://127.0.0.1:{old}/slow?s=1.5")
     assert up.server.arrived.wait(10)
-    rex.write(site(new, up.url, "workers: 1\n"))
+    rex.write(site_config(new, {"/": up.url}, "workers: 1\n"))
     rex.signal(signal.SIGHUP)
     wait_for(lambda: port_open(new), what="the new port")
     assert get(f"http://127.0.0.1:{new}/fast")[0] == 200
@@ -149,9 +152,7 @@ def tunnel_echo(sock: socket.socket) -> None:
 def test_an_open_websocket_outlives_a_reload_on_its_draining_worker(rex):
     echo = RawUpstream(tunnel_echo)
     try:
-        port = free_port()
-        rex.write(site(port, echo.url, "workers: 1\n"))
-        rex.start(ports=(port,))
+        port = rex.serve({"/": echo.url}, "workers: 1\n")
         old = wait_for(lambda: pool(rex, 1), what="a worker")[0]
         client = socket.create_connection(("127.0.0.1", port), timeout=5)
         client.sendall(b"GET /hmr HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\n"
@@ -174,7 +175,7 @@ def test_an_open_websocket_outlives_a_reload_on_its_draining_worker(rex):
 def test_rex_load_reload_and_reset_reach_a_running_master(rex, upstream, daemons):
     first, second = upstream(), upstream()
     port = free_port()
-    rex.write(site(port, first.url, "workers: 1\n"))
+    rex.write(site_config(port, {"/": first.url}, "workers: 1\n"))
     started = rex.cli("start")  # no -c: follows the active config (./rex.config.yaml now)
     assert started.returncode == 0, started.stderr
     pid = daemons.running()[0]
@@ -184,7 +185,7 @@ def test_rex_load_reload_and_reset_reach_a_running_master(rex, upstream, daemons
         return json.loads(status_file.read_text())["generation"]
 
     other = rex.workdir / "other.yaml"
-    other.write_text(site(port, second.url, "workers: 1\n"))
+    other.write_text(site_config(port, {"/": second.url}, "workers: 1\n"))
     loaded = rex.cli("load", str(other))
     assert loaded.returncode == 0 and f"reloading master {pid}" in loaded.stdout
     wait_for(lambda: generation() == 2, what="the loaded config")

@@ -6,10 +6,8 @@ import json
 import os
 import re
 import signal
-import socket
-import textwrap
 
-from conftest import free_port, read_reply, wait_for
+from conftest import free_port, send_request, site_config, wait_for
 
 from rex_workers.config.loader import load_config
 from rex_workers.master.exposition import Exposition, Retired, sum_counters
@@ -56,9 +54,7 @@ def total(found: dict[str, float], prefix: str, **labels: str) -> float:
 
 
 def admin_get(port: int, path: str):
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
-        s.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
-        return read_reply(s.makefile("rb"))
+    return send_request(port, f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
 
 
 def test_layout_rows_follow_labels_not_file_positions(tmp_path):
@@ -128,14 +124,7 @@ def test_known_traffic_over_two_workers_adds_up_exactly(rex, upstream):
     up = upstream()
     port, admin = free_port(), free_port()
     dead = free_port()  # nothing listens there
-    rex.write(textwrap.dedent(f"""\
-        server:
-          instances:
-            - port: {port}
-              host: 127.0.0.1
-              routes:
-                - {{path: /api, destination: "{up.url}"}}
-                - {{path: /dead, destination: "http://127.0.0.1:{dead}"}}
+    rex.write(site_config(port, {"/api": up.url, "/dead": f"http://127.0.0.1:{dead}"}, f"""\
         workers: 2
         reuse_port: true
         logging: {{access: off}}
@@ -145,9 +134,8 @@ def test_known_traffic_over_two_workers_adds_up_exactly(rex, upstream):
     ok, missing, failing = 30, 8, 3
     for path, count in (("/api/x", ok), ("/nope", missing), ("/dead", failing)):
         for _ in range(count):  # a new connection each: the kernel spreads them over both
-            with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
-                s.sendall(f"GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n".encode())
-                read_reply(s.makefile("rb"))
+            request = f"GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+            send_request(port, request.encode())
     n = ok + missing + failing
 
     def scrape() -> dict[str, float]:

@@ -15,12 +15,11 @@ import socket
 import ssl
 import subprocess
 import sys
-import textwrap
 
 import pytest
 import trustme
-from conftest import free_port, port_open, read_reply, wait_for
-from test_master import get, site
+from conftest import free_port, port_open, read_reply, send_request, site_config, wait_for
+from test_master import get
 
 import rex as rex_cli
 from rex_workers.config.loader import load_config
@@ -48,17 +47,10 @@ def stream(rex, name: str) -> list[str]:
 def test_foreground_logs_access_json_to_stdout_and_master_lines_to_stderr(rex, upstream):
     up = upstream()
     port, dead = free_port(), free_port()
-    rex.write(f"""\
-        server:
-          instances:
-            - port: {port}
-              host: 127.0.0.1
-              routes:
-                - {{path: /api, destination: "{up.url}"}}
-                - {{path: /dead, destination: "http://127.0.0.1:{dead}"}}
-        logging: {{format: json}}
+    rex.write(site_config(port, {"/api": up.url, "/dead": f"http://127.0.0.1:{dead}"}, """\
+        logging: {format: json}
         workers: 2
-    """)
+    """))
     start_split(rex)
     wait_for(lambda: any("serving" in line for line in stream(rex, "stderr")),
              what="the master's ready line")
@@ -127,7 +119,7 @@ def test_rex_log_follows_the_daemon_s_server_log_and_exports_it(rex, upstream, d
     assert missing.stderr.strip() == f"rex: no server log yet at {rex.home / 'rex.log'}"
     up = upstream()
     port = free_port()
-    rex.write(site(port, up.url, "workers: 1\n"))
+    rex.write(site_config(port, {"/": up.url}, "workers: 1\n"))
     started = rex.cli("start", "-c", str(rex.config))
     assert started.returncode == 0, started.stderr
     follower = Follower(rex)
@@ -149,11 +141,11 @@ def test_usr1_reopens_access_and_error_logs_after_rotation(rex, upstream):
     up = upstream()
     port, dead = free_port(), free_port()
     access, errors = rex.workdir / "access.log", rex.workdir / "error.log"
-    rex.write(site(port, up.url, textwrap.dedent(f"""\
+    rex.write(site_config(port, {"/ok": up.url}, f"""\
         workers: 2
         logging: {{access: {access}, error: {errors}}}
         upstream: [{{url: "127.0.0.1:{dead}", max_fails: 0}}]
-    """), path="/ok"))
+    """))
     rex.start(ports=(port,))
     get(f"http://127.0.0.1:{port}/ok/before")
     wait_for(lambda: access.exists() and b"/ok/before" in access.read_bytes(), what="a line")
@@ -232,9 +224,7 @@ def test_port_80_redirects_to_the_https_instance_on_443(rex, ca, cert_files):
         if "is already in use" in rex.output():  # taken between the look and the start
             pytest.skip("127.0.0.1:80 or :443 was taken by another process")
         raise
-    with socket.create_connection(("127.0.0.1", 80), timeout=5) as s:
-        s.sendall(b"GET /shop?item=2 HTTP/1.1\r\nHost: localhost\r\n\r\n")
-        reply = read_reply(s.makefile("rb"))
+    reply = send_request(80, b"GET /shop?item=2 HTTP/1.1\r\nHost: localhost\r\n\r\n")
     assert reply.status == 308 and reply.headers["location"] == "https://localhost/shop?item=2"
     context = ssl.create_default_context()
     ca.configure_trust(context)
@@ -275,12 +265,14 @@ def test_a_configmap_style_symlink_swap_reloads_the_config(rex, upstream):
     port = free_port()
     volume = rex.workdir / "configmap"
     volume.mkdir()
-    configmap_version(volume, "..2026_05_02_10_00_00.1", site(port, first.url, "workers: 1\n"))
+    configmap_version(volume, "..2026_05_02_10_00_00.1",
+                      site_config(port, {"/": first.url}, "workers: 1\n"))
     rex.config = volume / "rex.config.yaml"  # -c points at the key's symlink
     rex.start(ports=(port,))
     get(f"http://127.0.0.1:{port}/one")
     assert [r["path"] for r in first.requests] == ["/one"]
-    configmap_version(volume, "..2026_05_02_10_01_00.2", site(port, second.url, "workers: 1\n"))
+    configmap_version(volume, "..2026_05_02_10_01_00.2",
+                      site_config(port, {"/": second.url}, "workers: 1\n"))
     wait_for(lambda: rex.status()["generation"] == 2 and rex.status()["state"] == "serving",
              what="a reload onto the new ConfigMap version")
     assert rex.status()["config"] == str(volume / "rex.config.yaml")

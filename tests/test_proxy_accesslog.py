@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import json
 import re
-import socket
 
-from conftest import free_port, read_reply, wait_for
+from conftest import free_port, send_request, wait_for
 
 COMBINED = re.compile(
     r'^127\.0\.0\.1 - - \[\d\d/\w{3}/\d{4}:\d\d:\d\d:\d\d [+-]\d{4}\] '
@@ -16,27 +15,16 @@ COMBINED = re.compile(
 
 def start(rex, upstream, fmt: str) -> tuple[int, object, int]:
     api, dead = upstream(), free_port()
-    port = free_port()
-    rex.write(f"""\
-        server:
-          instances:
-            - port: {port}
-              host: 127.0.0.1
-              routes:
-                - {{path: /api, destination: "{api.url}"}}
-                - {{path: /dead, destination: "http://127.0.0.1:{dead}"}}
+    port = rex.serve({"/api": api.url, "/dead": f"http://127.0.0.1:{dead}"}, f"""\
         logging: {{access: {rex.workdir}/access.log, format: {fmt},
                    error: {rex.workdir}/error.log}}
         workers: 1
     """)
-    rex.start(ports=(port,))
     return port, api, dead
 
 
 def send(port: int, data: bytes) -> int:
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
-        s.sendall(data)
-        return read_reply(s.makefile("rb")).status
+    return send_request(port, data).status
 
 
 def log_lines(rex, count: int) -> list[str]:

@@ -8,7 +8,7 @@ import urllib.error
 import urllib.request
 
 import pytest
-from conftest import free_port, raw_request
+from conftest import free_port, raw_request, site_config
 
 
 def get(url: str, **kw):
@@ -24,23 +24,15 @@ def get(url: str, **kw):
 def api_site(rex_module, upstream_module):
     rex = rex_module
     api, front = upstream_module(), upstream_module()
-    port = free_port()
-    rex.write(f"""\
-        server:
-          instances:
-            - port: {port}
-              host: 127.0.0.1
-              routes:
-                - path: /api
-                  destination: {api.url}
-                - path: /old
-                  destination: {api.url}/v2
-                - path: /strip
-                  destination: {api.url}
-                  strip_prefix: true
-        workers: 1
-    """)
-    rex.start(ports=(port,))
+    port = rex.serve(f"""\
+        - path: /api
+          destination: {api.url}
+        - path: /old
+          destination: {api.url}/v2
+        - path: /strip
+          destination: {api.url}
+          strip_prefix: true
+    """, "workers: 1")
     return port, api, front
 
 
@@ -101,16 +93,7 @@ def test_post_body_reaches_upstream(api_site):
 
 def test_refused_upstream_is_a_fast_502(rex):
     port, dead = free_port(), free_port()
-    rex.write(f"""\
-        server:
-          instances:
-            - port: {port}
-              host: 127.0.0.1
-              routes:
-                - path: /
-                  destination: http://127.0.0.1:{dead}
-        workers: 1
-    """)
+    rex.write(site_config(port, {"/": f"http://127.0.0.1:{dead}"}, "workers: 1"))
     rex.start(ports=(port,))
     status, _, body = get(f"http://127.0.0.1:{port}/x")
     assert status == 502

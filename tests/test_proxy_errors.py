@@ -11,7 +11,7 @@ import threading
 import time
 
 import pytest
-from conftest import free_port, read_reply, recv_head
+from conftest import free_port, read_head, read_reply, recv_head
 
 STALL = threading.Event()  # set at teardown: releases every stalled upstream
 
@@ -89,17 +89,10 @@ def site(rex_module, upstream_module):
         - path: /{name}
           destination: {url}
           timeouts: {{connect: 0.5, read: 0.5}}""" for name, url in ups.items())
-    port = free_port()
-    rex_module.write(f"""\
-server:
-  instances:
-    - port: {port}
-      host: 127.0.0.1
-      routes:{routes}
-logging: {{access: off}}
-workers: 1
-""")
-    rex_module.start(ports=(port,))
+    port = rex_module.serve(routes, """\
+        logging: {access: off}
+        workers: 1
+    """)
     yield port
     STALL.set()
     blackhole.close()
@@ -144,9 +137,7 @@ def test_upstream_dying_mid_body_closes_the_client_connection(site):
     with socket.create_connection(("127.0.0.1", site), timeout=10) as s:
         s.sendall(b"GET /truncated HTTP/1.1\r\nHost: a\r\n\r\n")
         f = s.makefile("rb")
-        head = b""
-        while not head.endswith(b"\r\n\r\n"):
-            head += f.readline()
+        head = read_head(f)
         assert head.startswith(b"HTTP/1.1 200 ") and b"Content-Length: 100" in head
         # Only what the upstream sent, then the close that tells the client it is short.
         assert f.read() == b"x" * 10

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-import socket
 from http.server import BaseHTTPRequestHandler
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
-from conftest import free_port, read_reply
+from conftest import send_request
 
 
 class Redirector(BaseHTTPRequestHandler):
@@ -34,35 +33,23 @@ class Redirector(BaseHTTPRequestHandler):
 @pytest.fixture(scope="module")
 def site(rex_module, upstream_module):
     rec, redirect = upstream_module(), upstream_module(Redirector)
-    port = free_port()
-    rex_module.write(f"""\
-        server:
-          instances:
-            - port: {port}
-              host: 127.0.0.1
-              routes:
-                - {{path: /rec, destination: "{rec.url}"}}
-                - {{path: /host, destination: "{rec.url}", preserve_host: true}}
-                - {{path: /opts, destination: "{rec.url}", methods: [GET, OPTIONS]}}
-                - {{path: /plain, destination: "{redirect.url}"}}
-                - {{path: /app, destination: "{redirect.url}", strip_prefix: true}}
-                - {{path: /api, destination: "{redirect.url}/v2"}}
+    port = rex_module.serve(f"""\
+        - {{path: /rec, destination: "{rec.url}"}}
+        - {{path: /host, destination: "{rec.url}", preserve_host: true}}
+        - {{path: /opts, destination: "{rec.url}", methods: [GET, OPTIONS]}}
+        - {{path: /plain, destination: "{redirect.url}"}}
+        - {{path: /app, destination: "{redirect.url}", strip_prefix: true}}
+        - {{path: /api, destination: "{redirect.url}/v2"}}
+    """, """\
         trusted_proxies: [127.0.0.1/32]
-        logging: {{access: off}}
+        logging: {access: off}
         workers: 1
     """)
-    rex_module.start(ports=(port,))
     return port, rec
 
 
-def send(port: int, request: bytes):
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
-        s.sendall(request)
-        return read_reply(s.makefile("rb"))
-
-
 def seen(port: int, request: bytes) -> dict:
-    reply = send(port, request)
+    reply = send_request(port, request)
     assert reply.status == 200, reply.head
     return json.loads(reply.body)
 
@@ -96,9 +83,9 @@ def test_host_is_the_destination_unless_preserved(site):
 def test_max_forwards_zero_is_answered_by_rex(site):
     port, rec = site
     before = len(rec.requests)
-    reply = send(port, b"OPTIONS /opts HTTP/1.1\r\nHost: a\r\nMax-Forwards: 0\r\n\r\n")
+    reply = send_request(port, b"OPTIONS /opts HTTP/1.1\r\nHost: a\r\nMax-Forwards: 0\r\n\r\n")
     assert reply.status == 200 and reply.headers["allow"] == "GET, HEAD, OPTIONS"
-    reply = send(port, b"TRACE /rec HTTP/1.1\r\nHost: a\r\nMax-Forwards: 0\r\n"
+    reply = send_request(port, b"TRACE /rec HTTP/1.1\r\nHost: a\r\nMax-Forwards: 0\r\n"
                        b"Cookie: secret=1\r\nX-Probe: 7\r\n\r\n")
     assert reply.status == 200 and reply.headers["content-type"] == "message/http"
     assert reply.body == b"TRACE /rec HTTP/1.1\r\nHost: a\r\nMax-Forwards: 0\r\nX-Probe: 7\r\n\r\n"
@@ -128,7 +115,7 @@ def test_max_forwards_is_decremented_on_the_way(site):
 ])
 def test_location_pointing_at_the_upstream_is_rewritten(site, path, extra, location):
     port, _ = site
-    reply = send(port, b"GET " + path + b" HTTP/1.1\r\nHost: pub.example:8000\r\n" + extra
+    reply = send_request(port, b"GET " + path + b" HTTP/1.1\r\nHost: pub.example:8000\r\n" + extra
                  + b"\r\n")
     assert reply.status == 302
     assert reply.headers["location"] == location
@@ -136,5 +123,5 @@ def test_location_pointing_at_the_upstream_is_rewritten(site, path, extra, locat
 
 def test_via_is_appended_on_responses(site):
     port, _ = site
-    reply = send(port, b"GET /plain/x?to=/ HTTP/1.1\r\nHost: a\r\n\r\n")
+    reply = send_request(port, b"GET /plain/x?to=/ HTTP/1.1\r\nHost: a\r\n\r\n")
     assert reply.headers["via"] == "1.0 app, 1.1 rex"

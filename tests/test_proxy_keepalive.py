@@ -9,7 +9,7 @@ import threading
 import time
 
 import pytest
-from conftest import free_port, read_reply, recv_head
+from conftest import read_reply, recv_head, send_request
 
 CLOSED = threading.Event()  # an answer-then-close upstream has closed its socket
 
@@ -85,13 +85,7 @@ def site(rex_module, upstream_module):
     raw = upstream_module.raw
     ups = {"ka": raw(keep_alive), "fin": raw(answer_then_close), "rst": raw(answer_then_reset),
            "bad": raw(read_then_close), "good": upstream_module(), "shapes": raw(shapes)}
-    port = free_port()
-    rex_module.write(f"""\
-server:
-  instances:
-    - port: {port}
-      host: 127.0.0.1
-      routes:
+    port = rex_module.serve(f"""\
         - {{path: /ka, destination: "{ups['ka'].url}"}}
         - {{path: /fin, destination: "{ups['fin'].url}"}}
         - {{path: /rst, destination: "{ups['rst'].url}"}}
@@ -100,11 +94,11 @@ server:
           destination:
             - {{url: "{ups['bad'].url}", max_fails: 0}}
             - {{url: "{ups['good'].url}", backup: true}}
-timeouts: {{header: 0.5, idle: 0.5}}
-logging: {{access: off}}
-workers: 1
-""")
-    rex_module.start(ports=(port,))
+    """, """\
+        timeouts: {header: 0.5, idle: 0.5}
+        logging: {access: off}
+        workers: 1
+    """)
     return port, ups
 
 
@@ -113,10 +107,8 @@ def connect(port: int) -> socket.socket:
 
 
 def get(port: int, path: str, method: str = "GET", body: bytes = b""):
-    with connect(port) as s:
-        s.sendall(b"%s %s HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n%s"
-                  % (method.encode(), path.encode(), len(body), body))
-        return read_reply(s.makefile("rb"))
+    return send_request(port, b"%s %s HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n%s"
+                        % (method.encode(), path.encode(), len(body), body))
 
 
 def test_keep_alive_then_idle_timeout(site):

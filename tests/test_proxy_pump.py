@@ -10,7 +10,7 @@ import socket
 import threading
 
 import pytest
-from conftest import free_port, read_reply, recv_head
+from conftest import read_head, recv_head, send_request
 
 from rex_workers.proxy.exchange import PUMP_MIN
 
@@ -47,26 +47,15 @@ def cut_short(sock: socket.socket) -> None:
 def site(rex_module, upstream_module):
     stray = upstream_module.raw(body_then_stray)
     cut = upstream_module.raw(cut_short)
-    port = free_port()
-    rex_module.write(f"""\
-        server:
-          instances:
-            - port: {port}
-              host: 127.0.0.1
-              routes:
-                - {{path: /stray, destination: "{stray.url}"}}
-                - {{path: /cut, destination: "{cut.url}"}}
-        logging: {{access: off}}
+    port = rex_module.serve({"/stray": stray.url, "/cut": cut.url}, """\
+        logging: {access: off}
         workers: 1
-        """)
-    rex_module.start(ports=(port,))
+    """)
     return port, stray
 
 
 def get(port: int, path: str):
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
-        s.sendall(f"GET {path} HTTP/1.1\r\nHost: a\r\n\r\n".encode())
-        return read_reply(s.makefile("rb"))
+    return send_request(port, f"GET {path} HTTP/1.1\r\nHost: a\r\n\r\n".encode(), timeout=10)
 
 
 def test_large_body_arrives_byte_for_byte_and_stray_bytes_stay_behind(site):
@@ -88,9 +77,7 @@ def test_upstream_closing_mid_body_cuts_the_client_short(site):
     with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
         s.sendall(b"GET /cut HTTP/1.1\r\nHost: a\r\n\r\n")
         f = s.makefile("rb")
-        head = b""
-        while not head.endswith(b"\r\n\r\n"):
-            head += f.readline()
+        head = read_head(f)
         assert head.startswith(b"HTTP/1.1 200 ") and b"Content-Length: %d" % SIZE in head
         got = f.read()  # until Rex closes: it must, as the body can never be finished
     assert got == BODY[:SIZE // 2]

@@ -11,7 +11,7 @@ import socket
 from pathlib import Path
 
 import pytest
-from conftest import free_port, read_reply, wait_for
+from conftest import read_reply, wait_for
 
 CASES = Path(__file__).parent / "http"
 _ESCAPE = re.compile(rb"\\(x[0-9a-fA-F]{2}|[rnt0\\])")
@@ -66,23 +66,12 @@ def drain(sock: socket.socket) -> None:
 def site(rex_module, upstream_module):
     api = upstream_module()
     drainer = upstream_module.raw(drain)
-    port = free_port()
-    rex_module.write(f"""\
-        server:
-          instances:
-            - port: {port}
-              host: 127.0.0.1
-              routes:
-                - path: /
-                  destination: {api.url}
-                - path: /drain
-                  destination: {drainer.url}
-        limits: {{header_bytes: 4k, body_bytes: 64k}}
-        timeouts: {{header: 3, read: 5}}
-        logging: {{access: off}}
+    port = rex_module.serve({"/": api.url, "/drain": drainer.url}, """\
+        limits: {header_bytes: 4k, body_bytes: 64k}
+        timeouts: {header: 3, read: 5}
+        logging: {access: off}
         workers: 1
     """)
-    rex_module.start(ports=(port,))
     return port, api
 
 

@@ -10,10 +10,9 @@ import json
 import socket
 import threading
 import time
-from pathlib import Path
 
 import pytest
-from conftest import free_port, read_reply, recv_head
+from conftest import read_head, read_reply, recv_head, rss_kb, send_request
 
 MB = 1024 * 1024
 BLOCK = b"r" * (256 * 1024)
@@ -100,9 +99,7 @@ def sse(sock: socket.socket) -> None:
 def trailers(sock: socket.socket) -> None:
     """Records a chunked request as received, answers chunked with trailers."""
     f = sock.makefile("rb")
-    head = b""
-    while not head.endswith(b"\r\n\r\n"):
-        head += f.readline()
+    head = read_head(f)
     body, tail = read_chunked(f)
     record = json.dumps({"head": head.decode(), "body": body.decode(),
                          "trailers": tail.decode()}).encode()
@@ -137,28 +134,12 @@ def site(rex_module, upstream_module):
     raw = upstream_module.raw
     ups = {"sink": raw(sink), "source": raw(source), "echo": raw(echo), "sse": raw(sse),
            "trailers": raw(trailers), "status": raw(statuses), "continue": upstream_module()}
-    routes = "".join(f"\n        - path: /{name}\n          destination: {up.url}"
-                     for name, up in ups.items())
-    port = free_port()
-    rex_module.write(f"""\
-server:
-  instances:
-    - port: {port}
-      host: 127.0.0.1
-      routes:{routes}
-limits: {{body_bytes: 200m}}
-logging: {{access: off}}
-workers: 1
-""")
-    rex_module.start(ports=(port,))
+    port = rex_module.serve({f"/{name}": up.url for name, up in ups.items()}, """\
+        limits: {body_bytes: 200m}
+        logging: {access: off}
+        workers: 1
+    """)
     return port, ups, rex_module
-
-
-def rss_kb(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise AssertionError("no VmRSS")
 
 
 def connect(port: int) -> socket.socket:
@@ -219,13 +200,9 @@ def test_100_mb_download_streams_with_backpressure(site):
 
 def test_chunked_download_reaches_http10_and_http11_clients(site):
     port, _, _ = site
-    with connect(port) as s:
-        s.sendall(b"GET /source/8?chunked HTTP/1.1\r\nHost: a\r\n\r\n")
-        reply = read_reply(s.makefile("rb"))
+    reply = send_request(port, b"GET /source/8?chunked HTTP/1.1\r\nHost: a\r\n\r\n", timeout=20)
     assert reply.headers["transfer-encoding"] == "chunked" and len(reply.body) == 8 * MB
-    with connect(port) as s:
-        s.sendall(b"GET /source/2?chunked HTTP/1.0\r\n\r\n")
-        reply = read_reply(s.makefile("rb"))
+    reply = send_request(port, b"GET /source/2?chunked HTTP/1.0\r\n\r\n", timeout=20)
     # HTTP/1.0 has no chunked coding: the body ends when Rex closes (RFC 9112 §6.3).
     assert "transfer-encoding" not in reply.headers and reply.headers["connection"] == "close"
     assert len(reply.body) == 2 * MB
@@ -251,9 +228,7 @@ def test_server_sent_events_arrive_before_the_upstream_finishes(site):
         s.settimeout(5)
         s.sendall(b"GET /sse HTTP/1.1\r\nHost: a\r\nAccept: text/event-stream\r\n\r\n")
         f = s.makefile("rb")
-        head = b""
-        while not head.endswith(b"\r\n\r\n"):
-            head += f.readline()
+        head = read_head(f)
         assert b"chunked" in head
         # The upstream is still holding its second event back; the first must be here.
         size = int(f.readline(), 16)
@@ -317,14 +292,10 @@ def test_head_204_304_have_no_body_and_keep_the_connection(site):
 
 def test_early_hints_reach_http11_clients_only(site):
     port, _, _ = site
-    with connect(port) as s:
-        s.sendall(b"GET /status/103 HTTP/1.1\r\nHost: a\r\n\r\n")
-        reply = read_reply(s.makefile("rb"))
+    reply = send_request(port, b"GET /status/103 HTTP/1.1\r\nHost: a\r\n\r\n", timeout=20)
     assert len(reply.interim) == 1 and reply.interim[0].startswith(b"HTTP/1.1 103 ")
     assert b"Link: </style.css>; rel=preload" in reply.interim[0]
     assert reply.status == 200 and reply.body == b"hello"
-    with connect(port) as s:
-        s.sendall(b"GET /status/103 HTTP/1.0\r\n\r\n")
-        reply = read_reply(s.makefile("rb"))
+    reply = send_request(port, b"GET /status/103 HTTP/1.0\r\n\r\n", timeout=20)
     assert reply.interim == [] and reply.body == b"hello"
 

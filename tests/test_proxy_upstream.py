@@ -6,8 +6,6 @@ import json
 import socket
 import urllib.request
 
-from conftest import free_port
-
 from rex_workers.proxy.upstream import Resolver
 
 
@@ -57,21 +55,11 @@ def test_dispatch_order_static_routes_global_pool(rex, upstream, tmp_path):
     public = tmp_path / "public"
     (public / "api").mkdir(parents=True)
     (public / "api" / "file.txt").write_text("from disk")
-    port = free_port()
-    rex.write(f"""\
-        server:
-          instances:
-            - port: {port}
-              host: 127.0.0.1
-              public: {public}
-              routes:
-                - path: /api
-                  destination: http://localhost:{routed.port}
+    port = rex.serve({"/api": f"http://localhost:{routed.port}"}, f"""\
         upstream: [localhost:{pooled.port}]
         logging: {{access: off}}
         workers: 1
-    """)
-    rex.start(ports=(port,))
+    """, instance=f"public: {public}")
     base = f"http://127.0.0.1:{port}"
     assert get(f"{base}/api/file.txt") == (200, b"from disk")
     status, body = get(f"{base}/api/missing.txt")

@@ -11,7 +11,7 @@ import threading
 
 import pytest
 import websocket
-from conftest import free_port, read_reply, recv_head
+from conftest import read_reply, recv_head
 
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455 §1.3
 
@@ -81,20 +81,11 @@ def site(rex_module, upstream_module):
     echo = upstream_module.raw(ws_echo)
     refuser = Refuser()
     refusing = upstream_module.raw(refuser)
-    port = free_port()
-    rex_module.write(f"""\
-        server:
-          instances:
-            - port: {port}
-              host: 127.0.0.1
-              routes:
-                - {{path: "/*", destination: "{echo.url}"}}
-                - {{path: /refuse, destination: "{refusing.url}"}}
-        timeouts: {{read: 0.5, idle: 0.5}}
-        logging: {{access: off}}
+    port = rex_module.serve({"/*": echo.url, "/refuse": refusing.url}, """\
+        timeouts: {read: 0.5, idle: 0.5}
+        logging: {access: off}
         workers: 1
     """)
-    rex_module.start(ports=(port,))
     return port, refuser
 
 

@@ -16,21 +16,13 @@ import select
 import socket
 import threading
 import time
-from pathlib import Path
 
 import pytest
-from conftest import free_port, read_reply, recv_head, wait_for
+from conftest import free_port, read_reply, recv_head, rss_kb, send_request, wait_for
 
 IDLE_CONNECTIONS = 10_000
 MB = 1 << 20
 RELEASE = threading.Event()  # set at teardown: frees upstreams still streaming
-
-
-def rss_kb(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise AssertionError(f"no VmRSS for {pid}")
 
 
 def open_fds(pid: int) -> int:
@@ -58,22 +50,15 @@ def site(rex_module, upstream_module, tmp_path_factory):
     (public / "index.html").write_text("<p>hi</p>\n")
     api, api2 = upstream_module(), upstream_module()
     stream = upstream_module.raw(endless)
-    port = free_port()
-    rex_module.write(f"""\
-        server:
-          instances:
-            - port: {port}
-              host: 127.0.0.1
-              public: {public}
-              routes:
-                - {{path: /api, destination: "{api.url}"}}
-                - {{path: /endless, destination: "{stream.url}"}}
-                - {{path: /pair, destination: ["{api.url}", "{api2.url}"]}}
-        timeouts: {{header: 1, read: 1, idle: 60}}
-        logging: {{access: off}}
+    port = rex_module.serve(f"""\
+        - {{path: /api, destination: "{api.url}"}}
+        - {{path: /endless, destination: "{stream.url}"}}
+        - {{path: /pair, destination: ["{api.url}", "{api2.url}"]}}
+    """, """\
+        timeouts: {header: 1, read: 1, idle: 60}
+        logging: {access: off}
         workers: 1
-    """)
-    rex_module.start(ports=(port,))
+    """, instance=f"public: {public}")
     yield port, rex_module.workers()[0], (api, api2)
     RELEASE.set()
 
@@ -81,10 +66,9 @@ def site(rex_module, upstream_module, tmp_path_factory):
 def get(port: int, path: str = "/index.html", timeout: float = 5.0) -> tuple[int, float]:
     """(status, seconds) of one GET on a fresh connection."""
     started = time.monotonic()
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
-        s.sendall(b"GET %s HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n" % path.encode())
-        with s.makefile("rb") as f:
-            return read_reply(f).status, time.monotonic() - started
+    reply = send_request(port, b"GET %s HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
+                         % path.encode(), timeout=timeout)
+    return reply.status, time.monotonic() - started
 
 
 def test_slowloris_crowd_gets_408_while_others_are_served(site):

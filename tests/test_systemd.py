@@ -21,8 +21,8 @@ import uuid
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, free_port, port_open, wait_for
-from test_master import BROKEN_APP, get, site
+from conftest import ROOT, free_port, port_open, site_config, wait_for
+from test_master import BROKEN_APP, get
 
 import rex as rex_cli
 from rex_workers.config.model import Config
@@ -106,7 +106,7 @@ def monotonic_usec() -> int:
 def test_ready_reload_and_stop_are_notified_by_the_main_pid(rex, upstream, notify):
     up = upstream()
     port = free_port()
-    rex.write(site(port, up.url, "workers: 2\nlogging: {access: off}\n"))
+    rex.write(site_config(port, {"/": up.url}, "workers: 2\nlogging: {access: off}\n"))
     start_notified(rex, notify)
     ready = notify.expect("READY", rex)  # nothing is sent before READY=1
     # READY=1 means serving: every worker accepts now, and systemd may start dependants.
@@ -140,7 +140,7 @@ def test_a_refused_reload_sends_nothing_and_a_failed_one_ends_with_ready(rex, up
         up = upstream()
         port = free_port()
         (rex.workdir / "broken_app.py").write_text(BROKEN_APP)
-        good = site(port, up.url, "workers: 1\nlogging: {access: off}\n")
+        good = site_config(port, {"/": up.url}, "workers: 1\nlogging: {access: off}\n")
         rex.write(good)
         start_notified(rex, notify)
         notify.expect("READY", rex)

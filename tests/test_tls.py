@@ -19,7 +19,7 @@ import time
 
 import pytest
 import trustme
-from conftest import free_port, read_reply, wait_for
+from conftest import free_port, read_reply, send_request, wait_for
 
 BIG = os.urandom(300 * 1024)  # past any single TLS record and socket buffer
 
@@ -139,19 +139,14 @@ def test_static_file_over_tls_falls_back_from_sendfile(site, ca):
 
 
 def test_redirect_instance_sends_308_to_https(site):
-    with socket.create_connection(("127.0.0.1", site["http"]), timeout=5) as s:
-        s.sendall(
-            b"POST /form?a=1 HTTP/1.1\r\nHost: shop.example:8080\r\nContent-Length: 0\r\n\r\n"
-        )
-        reply = read_reply(s.makefile("rb"))
+    reply = send_request(site["http"], b"POST /form?a=1 HTTP/1.1\r\nHost: shop.example:8080\r\n"
+                                       b"Content-Length: 0\r\n\r\n")
     assert reply.status == 308  # keeps the method and body (RFC 9110 §15.4.9)
     assert reply.headers["location"] == "https://shop.example/form?a=1"
 
 
 def test_redirect_keeps_an_ipv6_literal_whole(site):
-    with socket.create_connection(("127.0.0.1", site["http"]), timeout=5) as s:
-        s.sendall(b"GET /p HTTP/1.1\r\nHost: [::1]:8080\r\n\r\n")
-        reply = read_reply(s.makefile("rb"))
+    reply = send_request(site["http"], b"GET /p HTTP/1.1\r\nHost: [::1]:8080\r\n\r\n")
     assert reply.status == 308 and reply.headers["location"] == "https://[::1]/p"
 
 
@@ -185,9 +180,8 @@ def test_failed_handshakes_cost_only_their_own_connection(site, ca):
     assert reply.status == 200
 
     def failures() -> int:
-        with socket.create_connection(("127.0.0.1", site["admin"]), timeout=5) as s:
-            s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
-            text = read_reply(s.makefile("rb")).body.decode()
+        reply = send_request(site["admin"], b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        text = reply.body.decode()
         found = re.search(r'^rex_tls_handshake_failures_total\{listener="127.0.0.1:\d+"\} (\d+)$',
                           text, re.M)
         return int(found.group(1)) if found else 0
@@ -199,17 +193,8 @@ def test_certificates_are_read_again_on_reload(rex, upstream, tmp_path):
     first, second = trustme.CA(), trustme.CA()
     cert, key = write_cert(first, tmp_path, "site", "localhost")
     rec = upstream()
-    port = free_port()
-    rex.write(f"""\
-        server:
-          instances:
-            - port: {port}
-              host: 127.0.0.1
-              tls: {{cert: {cert}, key: {key}}}
-              routes: [{{path: /, destination: "{rec.url}"}}]
-        workers: 2
-    """)
-    rex.start(ports=(port,))
+    port = rex.serve({"/": rec.url}, "workers: 2",
+                          instance=f"tls: {{cert: {cert}, key: {key}}}")
     assert https_get(port, "localhost", client_context(first))[0].status == 200
     # Renewed files under the same names (what certbot's renewal does), then `rex reload`.
     write_cert(second, tmp_path, "site", "localhost")

@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
-from conftest import ROOT, Rex, Upstream, free_port, port_open, raw_request, wait_for
+from conftest import ROOT, Rex, Upstream, free_port, port_open, raw_request, site_config, wait_for
 
 APPS = ROOT / "tests" / "apps"
 
@@ -31,32 +31,25 @@ def site(tmp_path_factory):
     (work / "public" / "hello.txt").write_text("static beside wsgi\n")
     api = Upstream()
     rex = Rex(work, work / "home")
-    port = free_port()
-    rex.write(f"""\
-        server:
-          instances:
-            - port: {port}
-              host: 127.0.0.1
-              public: ./public
-              routes:
-                - path: /api
-                  destination: {api.url}
-                - path: /flask
-                  destination: wsgi:flaskapp:create_app()
-                - path: /pooled
-                  destination: wsgi:flaskapp:create_app()
-                  pool: 1
-                - path: /dj
-                  destination: wsgi:djsite.wsgi:application
-                - path: /raw
-                  destination: wsgi:rawapps:app
-                - path: /validated
-                  destination: wsgi:rawapps:validated
+    port = rex.serve(f"""\
+        - path: /api
+          destination: {api.url}
+        - path: /flask
+          destination: wsgi:flaskapp:create_app()
+        - path: /pooled
+          destination: wsgi:flaskapp:create_app()
+          pool: 1
+        - path: /dj
+          destination: wsgi:djsite.wsgi:application
+        - path: /raw
+          destination: wsgi:rawapps:app
+        - path: /validated
+          destination: wsgi:rawapps:validated
+    """, f"""\
         workers: 1
         pythonpath: ["{APPS}"]
         trusted_proxies: [127.0.0.1/32]
-        """)
-    rex.start(ports=(port,))
+    """, instance="public: ./public")
     rex.url = f"http://127.0.0.1:{port}"
     rex.port = port
     rex.work = work
@@ -376,15 +369,7 @@ def test_large_chunked_body_with_100_continue(site):
 
 def test_import_error_fails_the_start_with_the_route_named(rex):
     port = free_port()
-    rex.write(f"""\
-        server:
-          instances:
-            - port: {port}
-              host: 127.0.0.1
-              routes:
-                - path: /
-                  destination: wsgi:nosuchpkg.app:application
-        """)
+    rex.write(site_config(port, {"/": "wsgi:nosuchpkg.app:application"}))
     result = rex.cli("start", "-f", "-c", str(rex.config), timeout=30)
     assert result.returncode == 1
     assert ("wsgi:nosuchpkg.app:application: ModuleNotFoundError: "
@@ -400,16 +385,6 @@ def test_config_directory_is_on_sys_path(rex):
         "def app(environ, start_response):\n"
         "    start_response('200 OK', [('Content-Type', 'text/plain')])\n"
         "    return [environ['SCRIPT_NAME'].encode() + b'|' + environ['PATH_INFO'].encode()]\n")
-    port = free_port()
-    rex.write(f"""\
-        server:
-          instances:
-            - port: {port}
-              host: 127.0.0.1
-              routes:
-                - path: /deep/mount
-                  destination: wsgi:beside_config:app
-        """)
-    rex.start(ports=(port,))
+    port = rex.serve({"/deep/mount": "wsgi:beside_config:app"})
     assert requests.get(f"http://127.0.0.1:{port}/deep/mount/a/b", timeout=10).text == \
         "/deep/mount|/a/b"
