@@ -60,7 +60,6 @@ from rex_workers.master.daemon import (
     MasterLog,
     daemonize,
     notify_systemd,
-    set_title,
     tell,
     wait_report,
 )
@@ -69,6 +68,7 @@ from rex_workers.master.listeners import BindError, Listeners, raise_nofile
 from rex_workers.master.supervise import Backoff, ConfigWatch, Generation, Proc, describe_exit, urls
 from rex_workers.serve.tls import certificate_problem
 from rex_workers.shared.metrics import Layout, MetricsTable, Shared, probe_targets
+from rex_workers.shared.proctitle import set_title
 from rex_workers.shared.scoreboard import BOOTING, DRAINING, FAILED, READY, Scoreboard
 from rex_workers.shared.sharedhealth import HealthTable
 

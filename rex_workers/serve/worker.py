@@ -31,8 +31,8 @@ import gevent.socket
 
 from ..config.model import Config
 from ..config.routing import VirtualHosts
-from ..master.daemon import set_title
 from ..shared.metrics import Shared
+from ..shared.proctitle import set_title
 from ..shared.scoreboard import BOOT_FAILED, DRAINING, READY, SlotWriter
 
 # A keep-alive connection that is idle when the drain starts may be a client
