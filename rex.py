@@ -67,6 +67,7 @@ from rex_workers.master.exposition import CONTENT_TYPE, Retired
 from rex_workers.master.listeners import BindError, Listeners, raise_nofile
 from rex_workers.master.supervise import Backoff, ConfigWatch, Generation, Proc, describe_exit, urls
 from rex_workers.serve.tls import certificate_problem
+from rex_workers.shared.boot import WorkerBoot
 from rex_workers.shared.metrics import Layout, MetricsTable, Shared, probe_targets
 from rex_workers.shared.proctitle import set_title
 from rex_workers.shared.scoreboard import BOOTING, DRAINING, FAILED, READY, Scoreboard
@@ -435,7 +436,10 @@ class Arbiter:
         slot = self.free_slots.pop(0)
         self.board.reset(slot, gen.number)
         gen.metrics.reset(slot)
-        sockets = self.listeners.for_worker(gen.vhosts, wid)
+        boot = WorkerBoot(gen.config, gen.vhosts, self.listeners.for_worker(gen.vhosts, wid),
+                          self.board.writer(slot), worker_id=wid, generation=gen.number,
+                          master_pid=self.pid, log_path=self.log.path,
+                          shared=Shared(slot, gen.metrics, gen.health))
         # Signals stay blocked across fork, so none runs the master's handler in the child.
         mask = signal.pthread_sigmask(signal.SIG_BLOCK, self.signums)
         try:
@@ -447,12 +451,12 @@ class Arbiter:
             self.log.error(f"cannot fork worker {wid}: {exc.strerror}; trying again in 1s")
             return
         if pid == 0:
-            self._child(gen, wid, slot, sockets, mask)  # never returns
+            self._child(boot, mask)  # never returns
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         self.procs[pid] = Proc(pid, slot, wid, gen.number, time.monotonic())
         self.status_due = 0.0
 
-    def _child(self, gen: Generation, wid: int, slot: int, sockets: dict, mask) -> None:
+    def _child(self, boot: WorkerBoot, mask) -> None:
         """In the new worker process: undo the master's signal setup, then become the worker."""
         signal.set_wakeup_fd(-1)
         for signum in self.signums:  # HUP, USR1, TTIN/TTOU must not kill or stop a booting worker
@@ -464,12 +468,10 @@ class Arbiter:
         # The admin sockets too: a client connection a worker kept open would never see EOF.
         drop = [self.pipe_r, self.pipe_w, self.notify]
         drop += self.admin.sockets() if self.admin else []
-        drop += [s for s in self.listeners.sockets.values() if s not in sockets.values()]
+        drop += [s for s in self.listeners.sockets.values() if s not in boot.sockets.values()]
         from rex_workers.serve.worker import main
 
-        main(gen.config, gen.vhosts, sockets, self.board.writer(slot), worker_id=wid,
-             generation=gen.number, master_pid=self.pid, log_path=self.log.path, drop=drop,
-             shared=Shared(slot, gen.metrics, gen.health))
+        main(boot, drop)
 
     def _kill(self, proc: Proc, sig: int) -> None:
         proc.killed = proc.killed or sig == signal.SIGKILL
