@@ -6,8 +6,8 @@ master's records, its scoreboard and the generations' shared tables. May not:
 change any of them, signal, fork or import gevent.
 
 ``master`` is the Arbiter (rex.py); what is read of it: ``pid``, ``source``,
-``started``, ``stopping``, ``pending``, ``gen``, ``generations``, ``procs``,
-``board``, ``retired``, ``restarts``, ``reloads``, ``version``, ``admin_url``.
+``started``, ``stopping``, ``generations`` (``generations.py``), ``procs``,
+``board``, ``listeners``, ``retired``, ``restarts``, ``version``, ``admin``.
 """
 
 from __future__ import annotations
@@ -45,17 +45,18 @@ def look(master) -> list[View]:
 
 def ready(master) -> bool:
     """Serving and accepting: what ``/ready`` and ``rex_ready`` say (503 while draining)."""
-    return bool(master.gen.ready and not master.stopping)
+    return bool(master.generations.current.ready and not master.stopping)
 
 
 def state(master) -> str:
-    return ("stopping" if master.stopping else "reloading" if master.pending
-            else "serving" if master.gen.ready else "booting")
+    generations = master.generations
+    return ("stopping" if master.stopping else "reloading" if generations.pending
+            else "serving" if generations.current.ready else "booting")
 
 
 def status(master, views: list[View] | None = None) -> dict:
     views = look(master) if views is None else views
-    gen = master.gen
+    gen, pending = master.generations.current, master.generations.pending
     workers = []
     for v in views:
         workers.append({
@@ -65,17 +66,18 @@ def status(master, views: list[View] | None = None) -> dict:
             "upstreams": upstream_states(v.gen.metrics.layout, v.values)})
     generations = [{"number": g.number, "config": g.config.path, "config_digest": g.config.digest,
                     "workers": sum(1 for v in views if v.gen is g),
-                    "role": ("serving" if g is gen else "starting" if g is master.pending
+                    "role": ("serving" if g is gen else "starting" if g is pending
                              else "draining")}
-                   for g in sorted(master.generations.values(), key=lambda g: g.number)]
+                   for g in master.generations]
     return {
         "pid": master.pid, "state": state(master), "ready": ready(master),
         "config": gen.config.path, "source": master.source, "config_digest": gen.config.digest,
         "started": master.started, "uptime": time.time() - master.started,
         "generation": gen.number, "generations": generations, "workers_wanted": gen.want,
-        "workers": workers, "restarts": master.restarts, "reloads": master.reloads,
+        "workers": workers, "restarts": master.restarts,
+        "reloads": master.generations.reloads,
         "urls": urls(gen.config), "reuse_port": master.listeners.reuse_port,
-        "admin": master.admin_url, "version": master.version,
+        "admin": master.admin and master.admin.url, "version": master.version,
         "upstreams": _upstreams(master, views, _totals(master, views)),
     }
 
@@ -85,7 +87,7 @@ def _totals(master, views: list[View]) -> dict:
 
 
 def _upstreams(master, views: list[View], totals: dict) -> list[dict]:
-    gen = master.gen
+    gen = master.generations.current
     serving = [v.values for v in views if v.gen is gen and v.state == "ready"]
     health = [gen.health.read(row) for row in range(len(gen.health.targets))]
     return upstream_summary(gen.metrics.layout, serving, totals, health)
@@ -103,7 +105,7 @@ def metrics(master) -> str:
         if row["workers"]:
             out.add("rex_upstream_up", row["up_in"] / row["workers"], where)
         out.add("rex_upstream_in_flight", row["conns"], where)
-    gen = master.gen
+    gen = master.generations.current
     for row in range(len(gen.health.targets)):
         probe = gen.health.read(row)
         where = (("upstream", probe["key"]), ("path", probe["path"]))
@@ -116,7 +118,8 @@ def metrics(master) -> str:
         out.add("rex_workers", count, (("state", name),))
     out.add("rex_worker_restarts_total", master.restarts)
     for result in ("ok", "failed"):
-        out.add("rex_reloads_total", master.reloads[result], (("result", result),))
+        out.add("rex_reloads_total", master.generations.reloads[result],
+                (("result", result),))
     out.add("rex_generation", gen.number)
     out.add("rex_ready", int(ready(master)))
     out.add("rex_start_time_seconds", round(master.started, 3))
