@@ -52,12 +52,13 @@ import sys
 import time
 import traceback
 from dataclasses import replace
+from functools import partial
 
 from rex_workers.config.model import Config
 from rex_workers.master import registry, reports
 from rex_workers.master.admin import AdminServer
 from rex_workers.master.daemon import MasterLog, daemonize, notify_systemd, tell, wait_report
-from rex_workers.master.exposition import CONTENT_TYPE, Retired
+from rex_workers.master.exposition import Retired
 from rex_workers.master.generations import Generations, Refused
 from rex_workers.master.listeners import BindError, Listeners, raise_nofile
 from rex_workers.master.supervise import Backoff, Generation, Proc, boot_limit, describe_exit, urls
@@ -162,8 +163,11 @@ class Arbiter:
             return
         new = None
         if address is not None:
-            pages = {"/status": self._status_page, "/metrics": self._metrics_page,
-                     "/ready": self._ready_page, "/live": lambda: (200, "text/plain", b"ok\n")}
+            # admin.py serves them from this loop; reports.py writes what they say.
+            pages = {"/status": partial(reports.status_page, self),
+                     "/metrics": partial(reports.metrics_page, self),
+                     "/ready": partial(reports.ready_page, self),
+                     "/live": lambda: (200, "text/plain", b"ok\n")}
             try:
                 new = AdminServer(address, pages, self.log.error)
             except BindError as exc:
@@ -435,18 +439,6 @@ class Arbiter:
             self.status_due, self.status_states = now + STATUS_EVERY, states
             with contextlib.suppress(OSError):
                 registry.write_status(run_dir(), self.pid, reports.status(self))
-
-    # -- admin pages (admin.py serves them from this loop) --------------------------------------
-    def _status_page(self) -> tuple[int, str, bytes]:
-        return 200, "application/json", json.dumps(reports.status(self), indent=2).encode() + b"\n"
-
-    def _metrics_page(self) -> tuple[int, str, bytes]:
-        return 200, CONTENT_TYPE, reports.metrics(self).encode()
-
-    def _ready_page(self) -> tuple[int, str, bytes]:
-        if reports.ready(self):
-            return 200, "text/plain", b"ready\n"
-        return 503, "text/plain", f"not ready: {reports.state(self)}\n".encode()
 
     def cleanup(self) -> None:
         self.listeners.keep_only(set())

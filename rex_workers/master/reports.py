@@ -1,7 +1,7 @@
 """What the master reports about itself: the status document and the Prometheus text.
 
-``rex status`` (through the status file), the admin ``/status`` and
-``/metrics`` all come from here, so they never disagree. May: read the
+``rex status`` (through the status file), the admin ``/status``, ``/metrics``
+and ``/ready`` all come from here, so they never disagree. May: read the
 master's records, its scoreboard and the generations' shared tables. May not:
 change any of them, signal, fork or import gevent.
 
@@ -12,11 +12,13 @@ change any of them, signal, fork or import gevent.
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 
 from ..shared.scoreboard import SlotInfo
-from .exposition import Exposition, sum_counters, upstream_states, upstream_summary
+from .admin import Answer
+from .exposition import CONTENT_TYPE, Exposition, sum_counters, upstream_states, upstream_summary
 from .supervise import Generation, Proc, urls
 
 
@@ -130,3 +132,18 @@ def metrics(master) -> str:
     out.add("rex_config_info", 1, (("path", gen.config.path), ("digest", gen.config.digest)))
     out.add("rex_build_info", 1, (("version", master.version),))
     return out.text()
+
+
+# -- the admin pages (admin.py serves them, rex.py says which path is which) ---------------
+def status_page(master) -> Answer:
+    return 200, "application/json", json.dumps(status(master), indent=2).encode() + b"\n"
+
+
+def metrics_page(master) -> Answer:
+    return 200, CONTENT_TYPE, metrics(master).encode()
+
+
+def ready_page(master) -> Answer:
+    if ready(master):
+        return 200, "text/plain", b"ready\n"
+    return 503, "text/plain", f"not ready: {state(master)}\n".encode()
