@@ -432,7 +432,7 @@ class Arbiter:
     def write_status(self) -> None:
         """On any change of a worker's state, else every STATUS_EVERY (for the counters)."""
         now = time.monotonic()
-        states = [self.generations.state()]
+        states = [self.generations.snapshot()]
         states += [(p.pid, "draining" if p.draining_since else self.board.read(p.slot).state)
                    for p in sorted(self.procs.values(), key=lambda p: (p.generation, p.wid))]
         if now >= self.status_due or states != self.status_states:

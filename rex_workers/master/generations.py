@@ -1,16 +1,19 @@
 """The master's generations: the one serving, the one a reload is starting, and reloads.
 
 A generation is the workers of one config (``supervise.Generation``). A
-reload validates the config, binds what it adds and starts the next
-generation beside the serving one; only when all its workers are ready does
-it take over and the old one drain (SPEC §9). A reload asked for while a
-generation is starting waits until that one serves or is given up.
+reload (SIGHUP, or the config file changing on disk) validates the config,
+binds what it adds and starts the next generation beside the serving one;
+only when all its workers are ready does it take over and the old one drain
+(SPEC §9). A reload asked for while a generation is starting waits until
+that one serves or is given up.
 
 May: build a generation (refuse a config this master cannot serve, bind its
-listeners, map its shared tables), judge readiness from the scoreboard, count
-reloads, log, tell systemd. May not: fork, signal or reap (it asks the
-master to drain workers), or import gevent. ``master`` is the Arbiter
-(``rex.py``): ``Master`` below is all that is used of it.
+listeners, map its shared tables), resize the serving one (TTIN/TTOU),
+close the sockets and unmap the tables no generation needs any more, judge
+readiness from the scoreboard, watch the config file, count reloads, log,
+tell systemd. May not: fork, signal or reap (it asks the master to drain
+workers), or import gevent. ``master`` is the Arbiter (``rex.py``):
+``Master`` below is all that is used of it.
 """
 
 from __future__ import annotations
@@ -82,7 +85,7 @@ class Generations:
         """The serving generation and the one starting, if any: those that get workers."""
         return [self.current] + ([self.pending] if self.pending else [])
 
-    def state(self) -> tuple:
+    def snapshot(self) -> tuple:
         """What the status document shows of the generations: it is rewritten when this changes."""
         return (self.current.number, self.current.ready, self.pending and self.pending.number,
                 self.reloads["ok"], self.reloads["failed"])

@@ -76,8 +76,7 @@ def status(master, views: list[View] | None = None) -> dict:
         "config": gen.config.path, "source": master.source, "config_digest": gen.config.digest,
         "started": master.started, "uptime": time.time() - master.started,
         "generation": gen.number, "generations": generations, "workers_wanted": gen.want,
-        "workers": workers, "restarts": master.restarts,
-        "reloads": master.generations.reloads,
+        "workers": workers, "restarts": master.restarts, "reloads": master.generations.reloads,
         "urls": urls(gen.config), "reuse_port": master.listeners.reuse_port,
         "admin": master.admin and master.admin.url, "version": master.version,
         "upstreams": _upstreams(master, views, _totals(master, views)),
@@ -120,8 +119,7 @@ def metrics(master) -> str:
         out.add("rex_workers", count, (("state", name),))
     out.add("rex_worker_restarts_total", master.restarts)
     for result in ("ok", "failed"):
-        out.add("rex_reloads_total", master.generations.reloads[result],
-                (("result", result),))
+        out.add("rex_reloads_total", master.generations.reloads[result], (("result", result),))
     out.add("rex_generation", gen.number)
     out.add("rex_ready", int(ready(master)))
     out.add("rex_start_time_seconds", round(master.started, 3))
