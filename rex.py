@@ -52,25 +52,20 @@ import sys
 import time
 import traceback
 from dataclasses import replace
+from functools import partial
 
 from rex_workers.config.model import Config
 from rex_workers.master import registry, reports
 from rex_workers.master.admin import AdminServer
-from rex_workers.master.daemon import (
-    MasterLog,
-    daemonize,
-    notify_systemd,
-    set_title,
-    tell,
-    wait_report,
-)
-from rex_workers.master.exposition import CONTENT_TYPE, Retired
+from rex_workers.master.daemon import MasterLog, daemonize, notify_systemd, tell, wait_report
+from rex_workers.master.exposition import Retired
+from rex_workers.master.generations import Generations, Refused
 from rex_workers.master.listeners import BindError, Listeners, raise_nofile
-from rex_workers.master.supervise import Backoff, ConfigWatch, Generation, Proc, describe_exit, urls
-from rex_workers.serve.tls import certificate_problem
-from rex_workers.shared.metrics import Layout, MetricsTable, Shared, probe_targets
-from rex_workers.shared.scoreboard import BOOTING, DRAINING, FAILED, READY, Scoreboard
-from rex_workers.shared.sharedhealth import HealthTable
+from rex_workers.master.supervise import Backoff, Generation, Proc, boot_limit, describe_exit, urls
+from rex_workers.shared.boot import WorkerBoot
+from rex_workers.shared.metrics import Shared
+from rex_workers.shared.proctitle import set_title
+from rex_workers.shared.scoreboard import BOOTING, DRAINING, FAILED, Scoreboard
 
 __version__ = "0.1.0"
 
@@ -80,8 +75,6 @@ __version__ = "0.1.0"
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 CONFIG_NAME = "rex.config.yaml"
 TICK = 0.2  # the loop's longest sleep: heartbeats and deadlines are checked this often
-BOOT_TIMEOUT = 30.0  # seconds a generation may take to become ready (or `timeout`, if longer)
-CONFIG_POLL = 0.25  # seconds between looks at the config file
 KILL_MARGIN = 5.0  # a drain overrunning graceful_timeout by this much gets SIGKILL
 FAST_STOP = 2.0  # INT/QUIT: seconds before workers that did not exit get SIGKILL
 STATUS_EVERY = 1.0  # the status file is rewritten on every change and at least this often
@@ -150,73 +143,41 @@ class Arbiter:
         self.procs: dict[int, Proc] = {}
         self.signals: list[int] = []
         self.listeners = Listeners(config.reuse_port)
-        self.generations: dict[int, Generation] = {}
-        self.pending: Generation | None = None
         self.admin: AdminServer | None = None
-        self.gen = self._new_generation(config)  # binds: RexError when a port is taken
+        try:
+            self.generations = Generations(self, config)  # binds the first generation's ports
+        except Refused as exc:
+            raise RexError(str(exc)) from None
         self.backoff = Backoff()
-        self.watch = ConfigWatch(self.config_path())
         self.stopping = 0.0  # monotonic deadline of a stop; 0 while running
-        self.boot_error = ""
-        self.reload_queued = ""
-        self.reloads = {"ok": 0, "failed": 0, "last_error": ""}
         self.restarts = 0
         self.retired = Retired()  # counters of workers that have exited (metrics.py)
         self.started = time.time()
-        self.next_poll = self.status_due = 0.0
+        self.status_due = 0.0
         self.status_states: list = []
 
-    def _new_generation(self, config: Config) -> Generation:
-        from rex_workers.config.routing import listeners
-
-        if config.reuse_port != self.listeners.reuse_port:
-            raise RexError("reuse_port cannot change on reload: restart rex to switch it")
-        # Workers load certificates when they boot; a file that cannot load must fail
-        # `rex start` or the reload here, with its name, not as a worker boot failure.
-        problems = [p for p in map(certificate_problem, config.instances) if p]
-        if problems:
-            raise RexError("\n".join(problems))
-        vhosts = listeners(config)
-        gen = Generation(max(self.generations, default=0) + 1, config, vhosts,
-                         self.override or config.workers, time.monotonic())
-        self._bind(gen)
-        self._admin_for(config)
-        gen.metrics = MetricsTable(Layout(config), self.board.slots)
-        gen.health = HealthTable(probe_targets(config))
-        if self.generations:
-            gen.health.inherit(self.gen.health)  # a reload keeps what the probes found
-        self.generations[gen.number] = gen
-        return gen
-
-    def _admin_for(self, config: Config) -> None:
+    def admin_for(self, config: Config) -> None:
         """Open, move or close the admin listener as the config says (before the switch)."""
         address = (config.admin.host, config.admin.port) if config.admin else None
         if self.admin is not None and self.admin.address == address:
             return
         new = None
         if address is not None:
-            pages = {"/status": self._status_page, "/metrics": self._metrics_page,
-                     "/ready": self._ready_page, "/live": lambda: (200, "text/plain", b"ok\n")}
+            # admin.py serves them from this loop; reports.py writes what they say.
+            pages = {"/status": partial(reports.status_page, self),
+                     "/metrics": partial(reports.metrics_page, self),
+                     "/ready": partial(reports.ready_page, self),
+                     "/live": lambda: (200, "text/plain", b"ok\n")}
             try:
                 new = AdminServer(address, pages, self.log.error)
             except BindError as exc:
-                raise RexError(str(exc)) from None
+                raise Refused(str(exc)) from None
         if self.admin is not None:
             self.admin.close()
         self.admin = new
 
-    def _bind(self, gen: Generation) -> None:
-        where = {a: f"instance {vh.instances[0].index}" for a, vh in gen.vhosts.items()}
-        try:
-            self.listeners.bind(where, gen.want)
-        except BindError as exc:
-            if exc.port in {address[1] for address, _wid in self.listeners.sockets}:
-                raise RexError(f"{exc}: this master listens on it with another host, and "
-                               "changing an instance's host needs a restart") from None
-            raise RexError(str(exc)) from None
-
     def config_path(self) -> str:
-        return active_config() if self.source == "active" else self.gen.config.path
+        return active_config() if self.source == "active" else self.generations.current.config.path
 
     # -- the loop ------------------------------------------------------------------------
     def run(self) -> int:
@@ -227,7 +188,7 @@ class Arbiter:
         self.signums = {getattr(signal, f"SIG{name}") for name in self.SIGNALS}
         for signum in self.signums:
             signal.signal(signum, lambda signum, frame: self.signals.append(signum))
-        self._write_info()
+        self.write_info()
         while True:
             self._sleep(TICK)
             while self.signals:
@@ -235,12 +196,12 @@ class Arbiter:
             self.reap()
             self.murder()
             self.manage()
-            if self.boot_error:
+            if self.generations.boot_error:
                 self._abort_boot()
             if self.stopping and not self.procs:
                 return EXIT_OK
             if not self.stopping:
-                self.poll_config()
+                self.generations.poll_config()
             self.write_status()
 
     def _sleep(self, timeout: float) -> None:
@@ -263,7 +224,8 @@ class Arbiter:
         pass  # reap() runs after every wake-up
 
     def handle_hup(self) -> None:
-        self.reload("SIGHUP")
+        if not self.stopping:
+            self.generations.reload("SIGHUP")
 
     def handle_term(self) -> None:
         self.stop(graceful=True)
@@ -274,23 +236,10 @@ class Arbiter:
     handle_quit = handle_int
 
     def handle_ttin(self) -> None:
-        gen = self.gen
-        if gen.want >= self.board.slots // 2:  # a reload needs room for two generations
-            self.log.error(f"SIGTTIN ignored: {gen.want} workers is the most rex runs")
-            return
-        gen.want += 1
-        try:
-            self._bind(gen)  # reuse_port: the new slot needs its own sockets
-        except RexError as exc:
-            gen.want -= 1
-            self.log.error(f"SIGTTIN ignored: {exc}")
-            return
-        self.log.info(f"workers: {gen.want} (SIGTTIN)")
+        self.generations.grow()
 
     def handle_ttou(self) -> None:
-        if self.gen.want > 1:
-            self.gen.want -= 1
-            self.log.info(f"workers: {self.gen.want} (SIGTTOU)")
+        self.generations.shrink()  # manage() drains the worker with the highest wid
 
     def handle_usr1(self) -> None:
         self.log.reopen()
@@ -324,10 +273,8 @@ class Arbiter:
         self.restarts += 1
         failed = info.state == FAILED
         reason = info.reason if failed else f"{proc} died ({describe_exit(status)})"
-        if failed and gen is self.pending:
-            self._abandon_pending(reason)
-        elif failed and not gen.ready:
-            self.boot_error = reason  # the first generation: `rex start` fails with it
+        if failed and not gen.ready:
+            self.generations.failed(gen, reason)  # a reload is given up, or `rex start` fails
         else:
             now = time.monotonic()
             delay = self.backoff.died((gen.number, proc.wid), now - proc.started, now)
@@ -350,8 +297,7 @@ class Arbiter:
                 proc.draining_since = now
                 self.status_due = 0.0
                 self.log.info(f"{proc} is recycling after {info.requests} requests")
-            elif info.state == BOOTING and silent > max(BOOT_TIMEOUT, config.timeout):
-                # Importing a big app may take longer than `timeout`: a boot has its own limit.
+            elif info.state == BOOTING and silent > boot_limit(config):
                 self.log.error(f"{proc} still booting after {silent:.0f}s: killing it")
                 self._kill(proc, signal.SIGKILL)
             elif info.state != BOOTING and silent > config.timeout:
@@ -366,66 +312,27 @@ class Arbiter:
                 for proc in self.procs.values():
                     self._kill(proc, signal.SIGKILL)
             return
-        for gen in (self.gen, self.pending):
-            if gen is not None:
-                self._spawn_missing(gen)
-        self._check_ready(self.pending or self.gen)
-        for proc in list(self.procs.values()):
-            if (proc.generation == self.gen.number and proc.wid > self.gen.want
-                    and not proc.draining_since):
-                self._drain(proc)  # TTOU: the highest wids leave
-        self._close_unused()
-        live = {p.generation for p in self.procs.values()} | {self.gen.number}
-        live |= {self.pending.number} if self.pending else set()
-        for number in [n for n in self.generations if n not in live]:
-            gen = self.generations.pop(number)
-            gen.metrics.close()
-            gen.health.close()
+        for gen in self.generations.active():
+            self._spawn_missing(gen)
+        self.generations.check_ready()
+        current = self.generations.current
+        for proc in self.workers(current.number):
+            if proc.wid > current.want:
+                self.drain(proc)  # TTOU: the highest wids leave
+        self.generations.close_unused(self.procs.values())
+        for number in self.generations.retire({p.generation for p in self.procs.values()}):
             self.backoff.forget(number)
 
+    def workers(self, number: int) -> list[Proc]:
+        """Generation ``number``'s workers that are not draining."""
+        return [p for p in self.procs.values() if p.generation == number and not p.draining_since]
+
     def _spawn_missing(self, gen: Generation) -> None:
-        running = {p.wid for p in self.procs.values()
-                   if p.generation == gen.number and not p.draining_since}
+        running = {p.wid for p in self.workers(gen.number)}
         now = time.monotonic()
         for wid in range(1, gen.want + 1):
             if wid not in running and self.backoff.due((gen.number, wid), now):
                 self.spawn(gen, wid)
-
-    def _check_ready(self, gen: Generation) -> None:
-        if gen.ready:
-            return
-        live = [p for p in self.procs.values()
-                if p.generation == gen.number and not p.draining_since]
-        if len(live) >= gen.want and all(self.board.read(p.slot).state == READY for p in live):
-            gen.ready = True
-            self.status_due = 0.0
-            self._switch_generation() if gen is self.pending else self._ready()
-            return
-        limit = max(BOOT_TIMEOUT, gen.config.timeout)
-        if time.monotonic() - gen.started > limit:
-            reason = f"workers did not become ready within {limit:g}s"
-            if gen is self.pending:
-                self._abandon_pending(reason)
-            else:
-                self.boot_error = reason
-
-    def _close_unused(self) -> None:
-        """Close the sockets nobody needs any more.
-
-        An address the current config serves keeps its workers' sockets; one a
-        reload removed closes once the last worker that served it is gone. The
-        reuse_port socket of a retired slot closes at once: its worker no longer
-        accepts, and the kernel would keep queuing connections on it for nobody.
-        """
-        used = set()
-        for gen in (self.gen, self.pending):
-            if gen is not None:
-                used |= self.listeners.keys(gen.vhosts, range(1, gen.want + 1))
-        for proc in self.procs.values():
-            gone = [a for a in self.generations[proc.generation].vhosts
-                    if a not in self.gen.vhosts]
-            used |= self.listeners.keys(gone, [proc.wid])
-        self.listeners.keep_only(used)
 
     # -- processes --------------------------------------------------------------------------
     def spawn(self, gen: Generation, wid: int) -> None:
@@ -435,7 +342,10 @@ class Arbiter:
         slot = self.free_slots.pop(0)
         self.board.reset(slot, gen.number)
         gen.metrics.reset(slot)
-        sockets = self.listeners.for_worker(gen.vhosts, wid)
+        boot = WorkerBoot(gen.config, gen.vhosts, self.listeners.for_worker(gen.vhosts, wid),
+                          self.board.writer(slot), worker_id=wid, generation=gen.number,
+                          master_pid=self.pid, log_path=self.log.path,
+                          shared=Shared(slot, gen.metrics, gen.health))
         # Signals stay blocked across fork, so none runs the master's handler in the child.
         mask = signal.pthread_sigmask(signal.SIG_BLOCK, self.signums)
         try:
@@ -447,12 +357,12 @@ class Arbiter:
             self.log.error(f"cannot fork worker {wid}: {exc.strerror}; trying again in 1s")
             return
         if pid == 0:
-            self._child(gen, wid, slot, sockets, mask)  # never returns
+            self._child(boot, mask)  # never returns
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         self.procs[pid] = Proc(pid, slot, wid, gen.number, time.monotonic())
         self.status_due = 0.0
 
-    def _child(self, gen: Generation, wid: int, slot: int, sockets: dict, mask) -> None:
+    def _child(self, boot: WorkerBoot, mask) -> None:
         """In the new worker process: undo the master's signal setup, then become the worker."""
         signal.set_wakeup_fd(-1)
         for signum in self.signums:  # HUP, USR1, TTIN/TTOU must not kill or stop a booting worker
@@ -464,36 +374,22 @@ class Arbiter:
         # The admin sockets too: a client connection a worker kept open would never see EOF.
         drop = [self.pipe_r, self.pipe_w, self.notify]
         drop += self.admin.sockets() if self.admin else []
-        drop += [s for s in self.listeners.sockets.values() if s not in sockets.values()]
+        drop += [s for s in self.listeners.sockets.values() if s not in boot.sockets.values()]
         from rex_workers.serve.worker import main
 
-        main(gen.config, gen.vhosts, sockets, self.board.writer(slot), worker_id=wid,
-             generation=gen.number, master_pid=self.pid, log_path=self.log.path, drop=drop,
-             shared=Shared(slot, gen.metrics, gen.health))
+        main(boot, drop)
 
     def _kill(self, proc: Proc, sig: int) -> None:
         proc.killed = proc.killed or sig == signal.SIGKILL
         with contextlib.suppress(ProcessLookupError):
             os.kill(proc.pid, sig)
 
-    def _drain(self, proc: Proc) -> None:
+    def drain(self, proc: Proc) -> None:
         proc.draining_since = time.monotonic()
         self.status_due = 0.0
         self._kill(proc, signal.SIGTERM)
 
-    # -- readiness, reload, stop -------------------------------------------------------------
-    def _ready(self) -> None:
-        text = "\n".join([f"rex {__version__}: master {self.pid}, {self.gen.want} worker(s), "
-                          "serving", *(f"  {url}" for url in urls(self.gen.config))])
-        self.log.info(text)
-        self.report_start(True, text)
-        notify_systemd(b"READY=1\nMAINPID=%d\nSTATUS=%s" % (self.pid, self._summary()))
-        self._run_queued_reload()
-
-    def _summary(self) -> bytes:
-        """systemd's STATUS= line: what `systemctl status` shows under the unit."""
-        return f"serving generation {self.gen.number} with {self.gen.want} worker(s)".encode()
-
+    # -- start and stop ----------------------------------------------------------------------
     def report_start(self, ok: bool, text: str) -> None:
         """Tell a waiting `rex start` (daemon mode) whether we are serving; once."""
         if self.notify is not None:
@@ -508,79 +404,13 @@ class Arbiter:
         while self.procs and time.monotonic() < deadline:
             self._sleep(0.05)
             self.reap()
-        raise RexError(self.boot_error)
-
-    def reload(self, why: str) -> None:
-        if self.stopping:
-            return
-        starting = self.pending or (None if self.gen.ready else self.gen)
-        if starting is not None:
-            self.reload_queued = why  # runs once the generation starting now has settled
-            self.log.info(f"reload ({why}) queued behind generation {starting.number}")
-            return
-        path = self.config_path()
-        self.watch.accept(path)
-        try:
-            self.pending = self._new_generation(load(path))
-        except Exception as exc:  # even a loader bug must leave the old config serving
-            error = str(exc) if isinstance(exc, RexError) else traceback.format_exc().strip()
-            self.reloads["failed"] += 1
-            self.reloads["last_error"] = error
-            self.status_due = 0.0
-            self.log.error(f"reload ({why}) failed; still serving generation "
-                           f"{self.gen.number}:\n{error}")
-            return
-        self.log.info(f"reload ({why}): starting generation {self.pending.number} from {path}")
-        notify_systemd(b"RELOADING=1\nSTATUS=reloading: starting generation %d"
-                       % self.pending.number)
-
-    def _switch_generation(self) -> None:
-        old, self.gen, self.pending = self.gen, self.pending, None
-        self.reloads["ok"] += 1
-        for proc in list(self.procs.values()):
-            if proc.generation == old.number and not proc.draining_since:
-                self._drain(proc)  # one TERM: stop accepting, finish, exit
-        self.log.info(f"generation {self.gen.number} is serving ({self.gen.want} workers); "
-                      f"generation {old.number} is draining")
-        self._write_info()
-        notify_systemd(b"READY=1\nSTATUS=%s" % self._summary())
-        self._run_queued_reload()
-
-    def _abandon_pending(self, reason: str) -> None:
-        gen, self.pending = self.pending, None
-        self.reloads["failed"] += 1
-        self.reloads["last_error"] = reason
-        self.status_due = 0.0
-        for proc in list(self.procs.values()):
-            if proc.generation == gen.number and not proc.draining_since:
-                self._drain(proc)  # some may already serve: let them finish
-        self.log.error(f"reload failed; still serving generation {self.gen.number}: {reason}")
-        notify_systemd(b"READY=1\nSTATUS=%s (last reload failed)" % self._summary())
-        self._run_queued_reload()
-
-    def _run_queued_reload(self) -> None:
-        why, self.reload_queued = self.reload_queued, ""
-        if why:
-            self.reload(why)
-
-    def poll_config(self) -> None:
-        now = time.monotonic()
-        if now < self.next_poll or self.pending is not None:
-            return
-        self.next_poll = now + CONFIG_POLL
-        path = self.config_path()
-        changed = self.watch.changed(path, self.gen.config.digest)
-        if changed:
-            self.reload("config file changed")
-        elif changed is None:
-            self.log.error(f"config file {path} is gone; still serving generation "
-                           f"{self.gen.number}")
+        raise RexError(self.generations.boot_error)
 
     def stop(self, graceful: bool) -> None:
         if self.stopping and graceful:
             return
         now = time.monotonic()
-        grace = max(g.config.graceful_timeout for g in self.generations.values())
+        grace = max(g.config.graceful_timeout for g in self.generations)
         self.stopping = now + (grace + KILL_MARGIN if graceful else FAST_STOP)
         self.log.info("graceful stop: draining workers" if graceful else "fast stop")
         for proc in self.procs.values():
@@ -592,44 +422,23 @@ class Arbiter:
         notify_systemd(b"STOPPING=1\nSTATUS=draining")
 
     # -- pid file and status -------------------------------------------------------------------
-    def _write_info(self) -> None:
+    def write_info(self) -> None:
+        config = self.generations.current.config
         with contextlib.suppress(OSError):
             registry.write_info(run_dir(), {
-                "pid": self.pid, "config": self.gen.config.path, "source": self.source,
-                "started": self.started, "urls": urls(self.gen.config), "version": __version__})
-        self.status_due = 0.0
-
-    def status(self) -> dict:
-        return reports.status(self)
-
-    @property
-    def admin_url(self) -> str | None:
-        if self.admin is None:
-            return None
-        host, port = self.admin.address
-        return f"http://{f'[{host}]' if ':' in host else host}:{port}/"
+                "pid": self.pid, "config": config.path, "source": self.source,
+                "started": self.started, "urls": urls(config), "version": __version__})
 
     def write_status(self) -> None:
         """On any change of a worker's state, else every STATUS_EVERY (for the counters)."""
         now = time.monotonic()
-        states = [(p.pid, "draining" if p.draining_since else self.board.read(p.slot).state)
-                  for p in sorted(self.procs.values(), key=lambda p: (p.generation, p.wid))]
+        states = [self.generations.snapshot()]
+        states += [(p.pid, "draining" if p.draining_since else self.board.read(p.slot).state)
+                   for p in sorted(self.procs.values(), key=lambda p: (p.generation, p.wid))]
         if now >= self.status_due or states != self.status_states:
             self.status_due, self.status_states = now + STATUS_EVERY, states
             with contextlib.suppress(OSError):
-                registry.write_status(run_dir(), self.pid, self.status())
-
-    # -- admin pages (admin.py serves them from this loop) --------------------------------------
-    def _status_page(self) -> tuple[int, str, bytes]:
-        return 200, "application/json", json.dumps(self.status(), indent=2).encode() + b"\n"
-
-    def _metrics_page(self) -> tuple[int, str, bytes]:
-        return 200, CONTENT_TYPE, reports.metrics(self).encode()
-
-    def _ready_page(self) -> tuple[int, str, bytes]:
-        if reports.ready(self):
-            return 200, "text/plain", b"ready\n"
-        return 503, "text/plain", f"not ready: {reports.state(self)}\n".encode()
+                registry.write_status(run_dir(), self.pid, reports.status(self))
 
     def cleanup(self) -> None:
         self.listeners.keep_only(set())

@@ -67,6 +67,11 @@ class AdminServer:
         self.sock.setblocking(False)
         self.clients: dict[int, _Client] = {}
 
+    @property
+    def url(self) -> str:
+        host, port = self.address
+        return f"http://{f'[{host}]' if ':' in host else host}:{port}/"
+
     def sockets(self) -> list[socket.socket]:
         """Every descriptor this server holds: a forked worker must close them all."""
         return [self.sock, *(c.sock for c in self.clients.values())]

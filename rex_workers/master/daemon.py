@@ -1,4 +1,4 @@
-"""Process plumbing for the master: daemonizing, its log, systemd, process titles.
+"""Process plumbing for the master: daemonizing, its log, systemd.
 
 May: fork the daemon, redirect stdio, write the master's log lines, talk to
 systemd's notify socket. May not: know what a worker or a config is, import
@@ -103,11 +103,3 @@ def notify_systemd(message: bytes) -> None:
     with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
         s.sendto(message, addr)
 
-
-def set_title(title: str) -> None:
-    """What ps and top show (``rex: master [...]``, ``rex: worker 2 [gen 3]``)."""
-    try:
-        import setproctitle
-    except ImportError:
-        return  # process titles are cosmetic
-    setproctitle.setproctitle(title)

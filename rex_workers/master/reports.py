@@ -1,22 +1,24 @@
 """What the master reports about itself: the status document and the Prometheus text.
 
-``rex status`` (through the status file), the admin ``/status`` and
-``/metrics`` all come from here, so they never disagree. May: read the
+``rex status`` (through the status file), the admin ``/status``, ``/metrics``
+and ``/ready`` all come from here, so they never disagree. May: read the
 master's records, its scoreboard and the generations' shared tables. May not:
 change any of them, signal, fork or import gevent.
 
 ``master`` is the Arbiter (rex.py); what is read of it: ``pid``, ``source``,
-``started``, ``stopping``, ``pending``, ``gen``, ``generations``, ``procs``,
-``board``, ``retired``, ``restarts``, ``reloads``, ``version``, ``admin_url``.
+``started``, ``stopping``, ``generations`` (``generations.py``), ``procs``,
+``board``, ``listeners``, ``retired``, ``restarts``, ``version``, ``admin``.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 
 from ..shared.scoreboard import SlotInfo
-from .exposition import Exposition, sum_counters, upstream_states, upstream_summary
+from .admin import Answer
+from .exposition import CONTENT_TYPE, Exposition, sum_counters, upstream_states, upstream_summary
 from .supervise import Generation, Proc, urls
 
 
@@ -45,17 +47,18 @@ def look(master) -> list[View]:
 
 def ready(master) -> bool:
     """Serving and accepting: what ``/ready`` and ``rex_ready`` say (503 while draining)."""
-    return bool(master.gen.ready and not master.stopping)
+    return bool(master.generations.current.ready and not master.stopping)
 
 
 def state(master) -> str:
-    return ("stopping" if master.stopping else "reloading" if master.pending
-            else "serving" if master.gen.ready else "booting")
+    generations = master.generations
+    return ("stopping" if master.stopping else "reloading" if generations.pending
+            else "serving" if generations.current.ready else "booting")
 
 
 def status(master, views: list[View] | None = None) -> dict:
     views = look(master) if views is None else views
-    gen = master.gen
+    gen, pending = master.generations.current, master.generations.pending
     workers = []
     for v in views:
         workers.append({
@@ -65,17 +68,17 @@ def status(master, views: list[View] | None = None) -> dict:
             "upstreams": upstream_states(v.gen.metrics.layout, v.values)})
     generations = [{"number": g.number, "config": g.config.path, "config_digest": g.config.digest,
                     "workers": sum(1 for v in views if v.gen is g),
-                    "role": ("serving" if g is gen else "starting" if g is master.pending
+                    "role": ("serving" if g is gen else "starting" if g is pending
                              else "draining")}
-                   for g in sorted(master.generations.values(), key=lambda g: g.number)]
+                   for g in master.generations]
     return {
         "pid": master.pid, "state": state(master), "ready": ready(master),
         "config": gen.config.path, "source": master.source, "config_digest": gen.config.digest,
         "started": master.started, "uptime": time.time() - master.started,
         "generation": gen.number, "generations": generations, "workers_wanted": gen.want,
-        "workers": workers, "restarts": master.restarts, "reloads": master.reloads,
+        "workers": workers, "restarts": master.restarts, "reloads": master.generations.reloads,
         "urls": urls(gen.config), "reuse_port": master.listeners.reuse_port,
-        "admin": master.admin_url, "version": master.version,
+        "admin": master.admin and master.admin.url, "version": master.version,
         "upstreams": _upstreams(master, views, _totals(master, views)),
     }
 
@@ -85,7 +88,7 @@ def _totals(master, views: list[View]) -> dict:
 
 
 def _upstreams(master, views: list[View], totals: dict) -> list[dict]:
-    gen = master.gen
+    gen = master.generations.current
     serving = [v.values for v in views if v.gen is gen and v.state == "ready"]
     health = [gen.health.read(row) for row in range(len(gen.health.targets))]
     return upstream_summary(gen.metrics.layout, serving, totals, health)
@@ -103,7 +106,7 @@ def metrics(master) -> str:
         if row["workers"]:
             out.add("rex_upstream_up", row["up_in"] / row["workers"], where)
         out.add("rex_upstream_in_flight", row["conns"], where)
-    gen = master.gen
+    gen = master.generations.current
     for row in range(len(gen.health.targets)):
         probe = gen.health.read(row)
         where = (("upstream", probe["key"]), ("path", probe["path"]))
@@ -116,7 +119,7 @@ def metrics(master) -> str:
         out.add("rex_workers", count, (("state", name),))
     out.add("rex_worker_restarts_total", master.restarts)
     for result in ("ok", "failed"):
-        out.add("rex_reloads_total", master.reloads[result], (("result", result),))
+        out.add("rex_reloads_total", master.generations.reloads[result], (("result", result),))
     out.add("rex_generation", gen.number)
     out.add("rex_ready", int(ready(master)))
     out.add("rex_start_time_seconds", round(master.started, 3))
@@ -127,3 +130,18 @@ def metrics(master) -> str:
     out.add("rex_config_info", 1, (("path", gen.config.path), ("digest", gen.config.digest)))
     out.add("rex_build_info", 1, (("version", master.version),))
     return out.text()
+
+
+# -- the admin pages (admin.py serves them, rex.py says which path is which) ---------------
+def status_page(master) -> Answer:
+    return 200, "application/json", json.dumps(status(master), indent=2).encode() + b"\n"
+
+
+def metrics_page(master) -> Answer:
+    return 200, CONTENT_TYPE, metrics(master).encode()
+
+
+def ready_page(master) -> Answer:
+    if ready(master):
+        return 200, "text/plain", b"ready\n"
+    return 503, "text/plain", f"not ready: {state(master)}\n".encode()

@@ -19,6 +19,7 @@ from ..config.model import Config
 from ..shared.metrics import MetricsTable
 from ..shared.sharedhealth import HealthTable
 
+BOOT_TIMEOUT = 30.0  # seconds a generation may take to become ready (or `timeout`, if longer)
 EARLY_DEATH = 5.0  # a worker dying younger than this counts towards its backoff
 BACKOFF_BASE, MAX_BACKOFF = 0.1, 30.0
 DEBOUNCE = 0.2  # an edited config must be this old, and unchanged since the last look
@@ -61,6 +62,11 @@ def urls(config: Config) -> list[str]:
         host = "localhost" if inst.host in ("0.0.0.0", "::", "") else inst.host
         found.append(f"{inst.scheme}://{f'[{host}]' if ':' in host else host}:{inst.port}/")
     return found
+
+
+def boot_limit(config: Config) -> float:
+    """Seconds a worker may take to boot: importing a big app may take longer than ``timeout``."""
+    return max(BOOT_TIMEOUT, config.timeout)
 
 
 def backoff_delay(early_deaths: int, rng: random.Random | None = None) -> float:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import os
 import random
 import signal
-import socket as _stdsocket
 import sys
 import time
 import traceback
@@ -29,12 +28,10 @@ import gevent
 import gevent.event
 import gevent.socket
 
-from ..config.model import Config
-from ..config.routing import VirtualHosts
 from ..http.wire import WAITING, peek, shutdown
-from ..master.daemon import set_title
-from ..shared.metrics import Shared
-from ..shared.scoreboard import BOOT_FAILED, DRAINING, READY, SlotWriter
+from ..shared.boot import WorkerBoot
+from ..shared.proctitle import set_title
+from ..shared.scoreboard import BOOT_FAILED, DRAINING, READY
 
 # A keep-alive connection that is idle when the drain starts may be a client
 # that has just read a response and is about to send its next request. Closing
@@ -49,10 +46,7 @@ IDLE_GRACE = 1.0
 DRAIN_TICK = 0.02  # seconds between looks for connections idle past IDLE_GRACE
 
 
-def main(config: Config, vhosts: dict[tuple[str, int], VirtualHosts],
-         sockets: dict[tuple[str, int], _stdsocket.socket], slot: SlotWriter, *,
-         worker_id: int, generation: int, master_pid: int, log_path: str = "",
-         drop: Iterable = (), shared: Shared | None = None) -> NoReturn:
+def main(boot: WorkerBoot, drop: Iterable = ()) -> NoReturn:
     """The forked child's entry point: close what is not ours, run, exit; never returns.
 
     ``drop`` holds the master's descriptors (ints) and sockets the worker must not keep.
@@ -64,8 +58,7 @@ def main(config: Config, vhosts: dict[tuple[str, int], VirtualHosts],
                 os.close(item)
             elif item is not None:
                 item.close()
-        code = run(config, vhosts, sockets, slot, worker_id=worker_id, generation=generation,
-                   master_pid=master_pid, log_path=log_path, shared=shared)
+        code = run(boot)
     except BaseException:  # whatever happens, the child must not return into the master
         traceback.print_exc()
     finally:
@@ -76,31 +69,27 @@ def main(config: Config, vhosts: dict[tuple[str, int], VirtualHosts],
             os._exit(code)
 
 
-def run(config: Config, vhosts: dict[tuple[str, int], VirtualHosts],
-        sockets: dict[tuple[str, int], _stdsocket.socket], slot: SlotWriter, *,
-        worker_id: int, generation: int, master_pid: int, log_path: str = "",
-        shared: Shared | None = None) -> int:
+def run(boot: WorkerBoot) -> int:
     """The whole life of a worker; returns its exit status.
 
-    ``log_path`` is the file the master's stdout/stderr go to when it is a
-    daemon: on SIGUSR1 the worker points its own stdout/stderr there again.
+    ``boot.log_path`` is the file the master's stdout/stderr go to when it is
+    a daemon: on SIGUSR1 the worker points its own stdout/stderr there again.
     """
+    config, slot = boot.config, boot.slot
     gevent.reinit()
     slot.boot(os.getpid())
     for sig in (signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU, signal.SIGUSR1):
         # The master's signals (and a terminal's HUP); USR1 until serve_forever handles it.
         signal.signal(sig, signal.SIG_IGN)
-    title = f"rex: worker {worker_id} [gen {generation}]"
-    set_title(title)
+    set_title(boot.title)
     try:
         if config.monkey_patch or config.has_wsgi:
             from gevent import monkey
 
             monkey.patch_all()
-        worker = Worker(config, vhosts, sockets, slot, worker_id, title, master_pid, log_path,
-                        shared)
+        worker = Worker(boot)
     except Exception as exc:  # any boot failure is reported to the master, not raised
-        slot.fail(f"worker {worker_id} could not start: {type(exc).__name__}: {exc}")
+        slot.fail(f"worker {boot.worker_id} could not start: {type(exc).__name__}: {exc}")
         traceback.print_exc(file=sys.stderr)
         return BOOT_FAILED
     return worker.serve_forever()
@@ -109,10 +98,7 @@ def run(config: Config, vhosts: dict[tuple[str, int], VirtualHosts],
 class Worker:
     """One process's servers, its heartbeat and its way out (drain or stop)."""
 
-    def __init__(self, config: Config, vhosts: dict[tuple[str, int], VirtualHosts],
-                 sockets: dict[tuple[str, int], _stdsocket.socket], slot: SlotWriter,
-                 worker_id: int, title: str, master_pid: int, log_path: str,
-                 shared: Shared | None = None) -> None:
+    def __init__(self, boot: WorkerBoot) -> None:
         from gevent.pool import Pool
         from gevent.server import StreamServer
         from gevent.ssl import SSLContext
@@ -122,23 +108,24 @@ class Worker:
         from .runtime import Runtime
         from .tls import listener_context
 
+        config, vhosts, shared = boot.config, boot.vhosts, boot.shared
         self.config = config
-        self.slot = slot
-        self.title = title
-        self.master_pid = master_pid
-        self.log_path = log_path
+        self.slot = boot.slot
+        self.title = boot.title
+        self.master_pid = boot.master_pid
+        self.log_path = boot.log_path
         self.draining = False
         self.stopping = gevent.event.Event()
         self.shared = shared
-        self.rt = Runtime(config, vhosts, f"[worker {worker_id}] ",
+        self.rt = Runtime(config, vhosts, f"[worker {boot.worker_id}] ",
                           shared.metrics.layout if shared else None)
         # Worker 1 of the generation is the one prober (SPEC §6: probes are not
         # multiplied by the number of workers); every worker applies the verdicts.
         self.health = (HealthSharing(shared.health, [(r, g) for _s, r, g in self.rt.groups()],
-                                     worker_id == 1, self.rt.log.info) if shared else None)
+                                     boot.worker_id == 1, self.rt.log.info) if shared else None)
         self.pool = Pool(config.limits.connections)
         self.servers = []
-        for address, sock in sockets.items():
+        for address, sock in boot.sockets.items():
             listener = self.rt.listeners[address]
             # gevent's SSLContext, not the stdlib's: its sockets wait in the hub.
             # Certificates are read here, so a reload reads renewed files.
