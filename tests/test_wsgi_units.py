@@ -9,24 +9,18 @@ from __future__ import annotations
 import io
 import os
 import re
-import socket
 import sys
 from wsgiref.validate import check_environ
 
-import gevent
-import gevent.event
-import gevent.socket
 import pytest
 import yaml
 from conftest import ROOT
+from inproc import Served, exchange, runtime
 
 from rex_workers.config.loader import load_config
-from rex_workers.config.model import Config, Instance, Logging, Route
+from rex_workers.config.model import Config, Instance, Route
 from rex_workers.http.h1write import CHUNKED, CLOSE, LENGTH, NO_BODY, chunk, framing, head
 from rex_workers.http.request import HTTPError, Request
-from rex_workers.http.urlpath import normalize
-from rex_workers.serve.conn import ClientConn
-from rex_workers.serve.runtime import Runtime
 from rex_workers.wsgi.environ import build_environ, header_vars, split_path, url_scheme, wsgi_str
 from rex_workers.wsgi.files import FileWrapper
 from rex_workers.wsgi.host import WSGIApps
@@ -324,57 +318,13 @@ HEAD = b"HEAD /app/x?q=1 HTTP/1.1\r\nHost: example.test\r\n\r\n"
 POST = b"POST /app/x HTTP/1.1\r\nHost: example.test\r\nContent-Length: 4\r\n\r\ndata"
 
 
-class Served:
-    """One request through ``WSGIApps.serve`` on a real connection: what came out of it."""
-
-    def __init__(self) -> None:
-        self.out = b""  # every byte the client received
-        self.keep_alive = True  # the connection's own verdict once the response was done
-        self.errors: list[str] = []  # error log lines
-        self.status = 0
-        self.sent = 0  # body bytes, as the access log counts them
-
-
 def serve(app, raw: bytes = GET) -> Served:
     route = Route(path="/app", index=0, wsgi="x:app")
     config = Config(path="", digest="", instances=(Instance(index=0, port=8080,
-                                                            routes=(route,)),),
-                    logging=Logging(access=None))
-    ctx = Runtime(Config(path="", digest="", instances=(), logging=Logging(access=None)), {})
+                                                            routes=(route,)),))
+    ctx = runtime()
     apps = WSGIApps(config, ctx.trusted.__contains__, load=lambda spec: app)
-    served = Served()
-    done = gevent.event.Event()
-
-    def access(req, outcome, duration) -> None:
-        served.status, served.sent = outcome.status, outcome.sent
-        done.set()
-
-    ctx.access = access
-    ctx.log_error = served.errors.append
-
-    class Dispatch:
-        port, scheme = 8080, "http"
-
-        def respond(self, stream) -> None:
-            stream.request.path = normalize(stream.request.raw_path)
-            apps.serve(stream, route, 1)
-
-    server, client = gevent.socket.socketpair()
-    conn = ClientConn(server, ("10.0.0.7", 5555), Dispatch(), ctx)
-    loop = gevent.spawn(conn.serve)
-    try:
-        client.sendall(raw)
-        assert done.wait(5), "no response"
-        served.keep_alive = conn.keep_alive
-        client.shutdown(socket.SHUT_WR)
-        loop.join(5)
-        client.settimeout(5)
-        while data := client.recv(65536):
-            served.out += data
-    finally:
-        loop.kill()
-        client.close()
-    return served
+    return exchange(lambda stream: apps.serve(stream, route, 1), raw, ctx)
 
 
 def simple(body_parts, headers=(("Content-Type", "text/plain"),)):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
+import time
 from wsgiref.validate import validator
 
 CLOSED: list[str] = []  # paths whose response iterable had close() called
@@ -120,6 +121,12 @@ def no_start(environ, start_response):
     return [b"no start_response"]
 
 
+def sleep(environ, start_response):
+    """Answers after QUERY_STRING seconds (cooperative: Rex monkey-patches its workers)."""
+    time.sleep(float(environ["QUERY_STRING"] or 0))
+    return _json(start_response, {"slept": environ["QUERY_STRING"]})
+
+
 def echo_sha(environ, start_response):
     data = environ["wsgi.input"].read()
     return _json(start_response, {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()})
@@ -129,7 +136,7 @@ VIEWS = {
     "/environ": environ_view, "/lines": read_lines, "/excinfo-early": excinfo_early,
     "/excinfo-late": excinfo_late, "/hop": hop_by_hop, "/write": legacy_write,
     "/closing": closing, "/closed": closed, "/file": file_view, "/ignore-body": ignore_body,
-    "/no-start": no_start, "/echo": echo_sha, "/errors": log_errors,
+    "/no-start": no_start, "/echo": echo_sha, "/errors": log_errors, "/sleep": sleep,
 }
 
 
