@@ -69,9 +69,6 @@ def describe(real: str, st: os.stat_result, identity: tuple[int, int, int, int],
     )
 
 
-def body_fields(rep: Representation, start: int, end: int, partial: bool) -> list[Header]:
-    """The fields of a 200 or 206 carrying bytes ``[start, end)`` of ``rep``."""
-    fields = rep.validator_fields + rep.content_fields
-    if partial:
-        fields.append((b"Content-Range", b"bytes %d-%d/%d" % (start, end - 1, rep.size)))
-    return fields
+def content_range(rep: Representation, start: int, end: int) -> Header:
+    """The ``Content-Range`` of a 206 carrying bytes ``[start, end)`` of ``rep``."""
+    return (b"Content-Range", b"bytes %d-%d/%d" % (start, end - 1, rep.size))

@@ -31,7 +31,7 @@ from .conditional import NOT_MODIFIED, NOT_SATISFIABLE, PARTIAL, Outcome, evalua
 from .files import EXHAUSTED, Changed, FileSystem, identity
 from .mime import content_type
 from .negotiate import SUFFIXES, choose_encoding
-from .representation import Representation, body_fields, describe
+from .representation import Representation, content_range, describe
 from .resolve import (
     FILE,
     FORBIDDEN,
@@ -222,8 +222,11 @@ class StaticSite:
                 else ()
             stream.respond(pages.response(status, headers=extra))
             return
-        fields = pages.origin_fields() + body_fields(rep, outcome.start, outcome.end,
-                                                     status == PARTIAL)
+        fields = pages.origin_fields()
+        fields += rep.validator_fields
+        fields += rep.content_fields
+        if status == PARTIAL:
+            fields.append(content_range(rep, outcome.start, outcome.end))
         if stream.request.method == "HEAD":
             body = b""
         elif rep.content is not None:

@@ -44,11 +44,15 @@ def call(seconds: float | None, fn, arg):
     """``fn(arg)`` (a blocking socket read) within ``seconds``; None: no deadline here."""
     if seconds is None:
         return fn(arg)
-    arm(seconds)
+    # ``arm`` and ``disarm`` written out: this runs twice per proxied request.
+    me = getcurrent()
+    _due[me] = time.monotonic() + seconds
+    if _sweeper is None:
+        arm(seconds)
     try:
         return fn(arg)
     finally:
-        disarm()
+        _due.pop(me, None)
 
 
 def _sweep() -> None:

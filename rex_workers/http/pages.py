@@ -54,8 +54,15 @@ def page(status: int) -> bytes:
 
 
 def origin_fields() -> list[Header]:
-    """``Server`` and ``Date``: what Rex sends on a response it makes itself."""
-    return [(b"Server", SERVER), (b"Date", http_date())]
+    """``Server`` and ``Date``: what Rex sends on a response it makes itself (a new list)."""
+    now = int(time.time())
+    if _origin_cache[0] != now:
+        _origin_cache[0] = now
+        _origin_cache[1] = ((b"Server", SERVER), (b"Date", http_date()))
+    return list(_origin_cache[1])
+
+
+_origin_cache: list = [0, ()]
 
 
 def response(status: int, body: bytes | None = None, *,

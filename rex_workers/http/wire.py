@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import socket as _stdsocket
 
+from gevent.socket import socket as _GeventSocket
+
 READ_SIZE = 65536
 
 # What ``peek`` finds on an idle socket.
@@ -17,13 +19,30 @@ QUIET, WAITING, CLOSED = 0, 1, 2
 _PEEK = int(_stdsocket.MSG_PEEK | _stdsocket.MSG_DONTWAIT)
 
 
-def send_all(sock, data: bytes, flags: int = 0) -> None:
-    """``sendall`` in one ``send`` when the kernel takes it all, as it nearly always does.
+def send_now(sock, data, flags: int = 0) -> int:
+    """Bytes of ``data`` the kernel takes at once, without waiting (0 when its buffer is full).
+
+    On a plain gevent socket this is one system call on the OS socket under it,
+    which gevent keeps non-blocking: no timeout to set, no Python wrapper. A TLS
+    socket (which encrypts in user space) or any other kind goes through its own
+    ``send``, which may wait.
+    """
+    if type(sock) is _GeventSocket:
+        try:
+            return sock._sock.send(data, flags)
+        except (BlockingIOError, InterruptedError):
+            return 0
+    return sock.send(data, flags)
+
+
+def send_all(sock, data, flags: int = 0) -> None:
+    """``sendall`` in one system call when the kernel takes it all, as it nearly always does.
 
     gevent's ``sendall`` asks the socket for SO_SNDBUF on every call: one more
     system call per write on the hot path, for nothing when one send suffices.
+    What is left waits as the socket's timeout says.
     """
-    sent = sock.send(data, flags)
+    sent = send_now(sock, data, flags)
     if sent < len(data):
         sock.sendall(memoryview(data)[sent:], flags)
 

@@ -219,7 +219,9 @@ class UpstreamGroup:
         for slots, algorithm in self._tiers:
             live = [s for s in slots if s.peer.available(now) and s.upstream.key not in exclude]
             if live:
-                slot = algorithm.pick(live, client_ip)
+                # One live choice is the choice, whatever the algorithm (the common
+                # case of a route with one upstream): no need to ask it.
+                slot = live[0] if len(live) == 1 else algorithm.pick(live, client_ip)
                 slot.peer.health.chosen(now)
                 return slot.upstream
         return None

@@ -33,7 +33,7 @@ from ..http.message import (
     Tunnel,
 )
 from ..http.request import Abort, HTTPError, Request, is_websocket, printable
-from ..http.wire import READ_SIZE, send_all
+from ..http.wire import READ_SIZE, send_all, send_now
 from .tunnel import tunnel
 
 # After an error with unread request bytes, read (and drop) them this long
@@ -408,35 +408,40 @@ class ClientConn:
         if self._chain is not None:
             for data in filters.as_bytes(body):
                 self.write(data)
-        elif self._mode == NO_BODY:
-            if kind is not bytes and kind is not memoryview and kind is not FileRegion:
-                for _ in body:
-                    pass  # a streamed source learns it is done (a proxied 304 frees its socket)
         elif kind is bytes or kind is memoryview:
-            self._put(body, False)
+            self._put(body, False)  # goes out with the head, in one send
         elif kind is FileRegion:
             self._send_region(body)
         else:
             self._stream(body)
-        self.end(getattr(body, "trailers", ()))
+            self.end(getattr(body, "trailers", ()))
+            return
+        self.end()
+
+    def _stream(self, parts) -> None:
+        """A streamed source: bytes, file regions and raw spans as they come.
+
+        Bytes are held when the source says it is ``done``, so they go out with
+        the end of the body (one send for a small proxied answer). With no body
+        to send (HEAD, 204, 304) the source is still run to its end: a proxied
+        304 frees its upstream connection that way.
+        """
+        for part in parts:
+            kind = type(part)
+            done = getattr(parts, "done", False)
+            if kind is bytes or kind is memoryview:
+                self._put(part, not done)
+            elif kind is FileRegion:
+                self._send_region(part)
+            else:
+                self._pump(part)
+            if done:
+                break
 
     def interim(self, status: int, headers: list[Header], reason: bytes = b"") -> None:
         """A 1xx before the response (e.g. 103 Early Hints); never to HTTP/1.0 clients."""
         if self.request.version == "1.1":
             self._send(h1write.interim(status, headers, reason))
-
-    def _stream(self, parts) -> None:
-        it = iter(parts)
-        for part in it:
-            kind = type(part)
-            if kind is bytes or kind is memoryview:
-                # Hold the bytes when the source says it has no more: they go out
-                # with the end of the body (one send for a small proxied answer).
-                self._put(part, not getattr(it, "done", False))
-            elif kind is FileRegion:
-                self._send_region(part)
-            else:
-                self._pump(part)
 
     def _put(self, data, flush: bool) -> None:
         """Frame ``data`` after what is held; send it all now when ``flush``."""
@@ -459,6 +464,8 @@ class ClientConn:
     def _send_region(self, region: FileRegion) -> None:
         """A file region with sendfile (a copy where the socket cannot: TLS)."""
         count = region.count
+        if self._mode == NO_BODY:
+            return
         if self._mode == LENGTH and count > self._left:
             self._log_body(f"response body longer than its Content-Length; "
                            f"{count - self._left} bytes dropped")
@@ -529,9 +536,12 @@ class ClientConn:
         tunnel(self.sock, tun.peer, self.ctx.tunnels)
 
     def _send(self, data) -> None:
-        sock = self.sock
-        sock.settimeout(self.ctx.timeouts.read)
-        send_all(sock, data)
+        """Send all of ``data``; a client that takes none of it for ``read`` seconds is cut."""
+        sent = send_now(self.sock, data)
+        if sent < len(data):
+            sock = self.sock  # the client is slow: only now does a timeout matter
+            sock.settimeout(self.ctx.timeouts.read)
+            sock.sendall(memoryview(data)[sent:])
 
     def _log_body(self, message: str) -> None:
         req = self.request
