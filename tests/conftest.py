@@ -183,6 +183,21 @@ def _block(text: str, pad: str) -> str:
 
 
 @pytest.fixture
+def sendfile_calls(monkeypatch):
+    """The byte counts of every os.sendfile call in this process (the kernel moved them)."""
+    calls: list[int] = []
+    real = os.sendfile
+
+    def counting(out, fd, offset, count):
+        n = real(out, fd, offset, count)
+        calls.append(n)
+        return n
+
+    monkeypatch.setattr(os, "sendfile", counting)
+    return calls
+
+
+@pytest.fixture
 def rex(tmp_path: Path):
     instances: list[Rex] = []
 

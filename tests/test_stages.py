@@ -87,20 +87,6 @@ def body_of(out: bytes) -> bytes:
 
 
 @pytest.fixture
-def sendfile_calls(monkeypatch):
-    calls: list[int] = []
-    real = os.sendfile
-
-    def counting(out, fd, offset, count):
-        n = real(out, fd, offset, count)
-        calls.append(n)
-        return n
-
-    monkeypatch.setattr(os, "sendfile", counting)
-    return calls
-
-
-@pytest.fixture
 def region(tmp_path):
     path = tmp_path / "f.txt"
     path.write_bytes(b"hello from a file")

@@ -227,20 +227,6 @@ def _request(method: str, raw_path: bytes):
 
 
 # -- the pump -------------------------------------------------------------------
-@pytest.fixture
-def sendfile_calls(monkeypatch):
-    calls: list[int] = []
-    real = os.sendfile
-
-    def counting(out, fd, offset, count):
-        n = real(out, fd, offset, count)
-        calls.append(n)
-        return n
-
-    monkeypatch.setattr(os, "sendfile", counting)
-    return calls
-
-
 def test_large_file_goes_out_with_sendfile(serve, public, sendfile_calls):
     server = serve()
     r = get(server.port, "/big.bin")

@@ -429,20 +429,6 @@ def file_app(path, headers=()):
     return app
 
 
-@pytest.fixture
-def sendfile_calls(monkeypatch):
-    calls: list[int] = []
-    real = os.sendfile
-
-    def counting(out, fd, offset, count):
-        n = real(out, fd, offset, count)
-        calls.append(n)
-        return n
-
-    monkeypatch.setattr(os, "sendfile", counting)
-    return calls
-
-
 def test_wrapped_file_goes_to_the_pump_from_its_position(tmp_path, sendfile_calls):
     path = tmp_path / "f"
     path.write_bytes(b"0123456789")
