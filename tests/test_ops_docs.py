@@ -26,7 +26,7 @@ import rex as rex_cli
 from rex_workers.config.loader import load_config
 from rex_workers.config.model import Config
 from rex_workers.master.exposition import FAMILIES
-from rex_workers.serve.tls import CIPHERS, certificate_problem
+from rex_workers.shared.tls import CIPHERS, certificate_problem
 
 DOCS = {name: (ROOT / "docs" / name).read_text() for name in
         ("tls.md", "metrics.md", "deployment.md")}

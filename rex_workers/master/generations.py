@@ -24,10 +24,10 @@ from collections.abc import Iterable, Iterator
 from typing import Protocol
 
 from ..config.model import Config
-from ..serve.tls import certificate_problem
 from ..shared.metrics import Layout, MetricsTable, probe_targets
 from ..shared.scoreboard import READY, Scoreboard
 from ..shared.sharedhealth import HealthTable
+from ..shared.tls import certificate_problem
 from .daemon import MasterLog, notify_systemd
 from .listeners import BindError, Listeners
 from .supervise import ConfigWatch, Generation, Proc, boot_limit, urls

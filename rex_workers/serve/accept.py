@@ -20,8 +20,8 @@ import struct
 from typing import TYPE_CHECKING
 
 from ..shared.metrics import CONNECTIONS, HANDSHAKE_FAILURES, RECEIVED, SENT
+from ..shared.tls import PLAIN_HTTP_REPLY, is_plain_http
 from .conn import ClientConn
-from .tls import PLAIN_HTTP_REPLY, is_plain_http
 
 if TYPE_CHECKING:
     from .runtime import Runtime

@@ -104,9 +104,9 @@ class Worker:
         from gevent.ssl import SSLContext
 
         from ..proxy.prober import HealthSharing
+        from ..shared.tls import listener_context
         from .accept import Entry
         from .runtime import Runtime
-        from .tls import listener_context
 
         config, vhosts, shared = boot.config, boot.vhosts, boot.shared
         self.config = config
