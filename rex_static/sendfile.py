@@ -20,9 +20,8 @@ import socket
 import gevent
 from gevent.socket import wait_write
 
-from rex_workers.http.wire import send_all
+from rex_workers.http.wire import BLOCK_SIZE, send_all
 
-COPY_BLOCK = 256 * 1024
 # Bytes sent without ever waiting before other greenlets get a turn: a fast
 # client on loopback can drain a huge file without sendfile hitting EAGAIN.
 YIELD_EVERY = 8 * 1024 * 1024
@@ -100,7 +99,7 @@ def _sendfile(sock, fd: int, offset: int, count: int) -> int:
 def _copy(sock, fd: int, offset: int, count: int) -> int:
     sent = 0
     while sent < count:
-        block = os.pread(fd, min(COPY_BLOCK, count - sent), offset + sent)
+        block = os.pread(fd, min(BLOCK_SIZE, count - sent), offset + sent)
         if not block:
             break
         sock.sendall(block)

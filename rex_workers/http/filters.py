@@ -8,8 +8,8 @@ here at all, so unfiltered responses keep their zero-copy paths. A body that a
 transform must see is turned into bytes first (``as_bytes``): file regions are
 read, socket spans received.
 
-Protocol-neutral: HTTP/1.1 and HTTP/2 connections use the same chain. No gevent
-import; the only I/O is reading the parts of a body that is being transformed.
+Protocol-neutral: HTTP/1.1 and HTTP/2 connections use the same chain. No sockets
+of its own: the only I/O is reading the parts of a body that is being transformed.
 """
 
 from __future__ import annotations
@@ -19,8 +19,7 @@ from collections.abc import Iterable, Iterator, Sequence
 
 from .message import BodyTransform, FileRegion, Filter, Part, Response, SocketSpan
 from .request import Abort, Request
-
-READ_BLOCK = 256 * 1024  # file and socket reads when a body must become bytes
+from .wire import BLOCK_SIZE
 
 
 class Chain:
@@ -70,7 +69,7 @@ def as_bytes(body: bytes | memoryview | FileRegion | Iterable[Part]) -> Iterator
 def _read_file(region: FileRegion) -> Iterator[bytes]:
     offset, left = region.offset, region.count
     while left:
-        data = os.pread(region.fd, min(left, READ_BLOCK), offset)
+        data = os.pread(region.fd, min(left, BLOCK_SIZE), offset)
         if not data:
             raise Abort()  # the file shrank under us: the promised bytes do not exist
         offset += len(data)
@@ -83,7 +82,7 @@ def _read_span(span: SocketSpan) -> Iterator[bytes]:
     span.sock.settimeout(span.timeout)
     while left:
         try:
-            data = span.sock.recv(min(left, READ_BLOCK))
+            data = span.sock.recv(min(left, BLOCK_SIZE))
         except OSError:  # TimeoutError included: the upstream stalled or failed
             raise Abort() from None
         if not data:

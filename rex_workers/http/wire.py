@@ -2,7 +2,7 @@
 
 Used for client, upstream and static traffic alike. Imports nothing from Rex,
 so every layer may use it. ``READ_SIZE`` is the one size of a read from a
-client or an upstream.
+client or an upstream, ``BLOCK_SIZE`` of a large copy.
 """
 
 from __future__ import annotations
@@ -12,6 +12,9 @@ import socket as _stdsocket
 from gevent.socket import socket as _GeventSocket
 
 READ_SIZE = 65536
+# The one size of a large copy: a raw relay's reads, file blocks where sendfile
+# cannot be used, a body read back for a filter.
+BLOCK_SIZE = 256 * 1024
 
 # What ``peek`` finds on an idle socket.
 QUIET, WAITING, CLOSED = 0, 1, 2

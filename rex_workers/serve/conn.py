@@ -33,15 +33,13 @@ from ..http.message import (
     Tunnel,
 )
 from ..http.request import Abort, HTTPError, Request, is_websocket, printable
-from ..http.wire import READ_SIZE, send_all, send_now
+from ..http.wire import BLOCK_SIZE, READ_SIZE, send_all, send_now
 from .tunnel import tunnel
 
 # After an error with unread request bytes, read (and drop) them this long
 # before closing: closing with unread data makes the kernel send a RST that can
 # destroy our error response before the client reads it (nginx: lingering_close).
 LINGER_TIME = 2.0
-# A proxied body relayed raw is read in pieces of this size into one buffer.
-PUMP_SIZE = 256 * 1024
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _CRLF = b"\r\n"
 
@@ -505,7 +503,7 @@ class ClientConn:
         head, self._pending = self._pending, b""
         if head:
             self._send(head)
-        buf = memoryview(bytearray(min(left, PUMP_SIZE)))
+        buf = memoryview(bytearray(min(left, BLOCK_SIZE)))
         recv_into, timeout, send = span.sock.recv_into, span.timeout, self._send
         outcome = self.outcome
         while left:
