@@ -16,11 +16,12 @@ from __future__ import annotations
 import errno
 import os
 import socket
+from collections.abc import Callable
 
 import gevent
 from gevent.socket import wait_write
 
-from rex_workers.http.wire import BLOCK_SIZE, send_all
+from rex_workers.http.wire import BLOCK_SIZE
 
 # Bytes sent without ever waiting before other greenlets get a turn: a fast
 # client on loopback can drain a huge file without sendfile hitting EAGAIN.
@@ -41,44 +42,48 @@ def can_sendfile(sock) -> bool:
     return hasattr(os, "sendfile") and not hasattr(sock, "do_handshake")
 
 
-def send_head(sock, head: bytes, file_follows: bool) -> None:
-    """Send a response head; with MSG_MORE when sendfile follows.
+def more_flag(sock) -> int:
+    """MSG_MORE for a head that sendfile follows on ``sock`` (0 where it does not apply).
 
-    MSG_MORE lets the kernel put the head and the first file bytes in one
-    TCP segment instead of a tiny segment of its own.
+    MSG_MORE lets the kernel put the head and the first file bytes in one TCP
+    segment instead of a tiny segment of its own.
     """
-    if file_follows and _MSG_MORE and can_sendfile(sock):
-        send_all(sock, head, _MSG_MORE)
-    else:
-        send_all(sock, head)
+    return _MSG_MORE if can_sendfile(sock) else 0
 
 
-def send_file(sock, fd: int, offset: int, count: int) -> int:
+def send_file(sock, fd: int, offset: int, count: int,
+              wait: Callable[[int], float] | None = None) -> int:
     """Send ``count`` bytes of ``fd`` from ``offset``; returns how many were sent.
 
     Fewer than ``count`` only when the file is shorter than expected (it was
-    truncated meanwhile). Waits for the client at most the socket's timeout
-    per wait and then raises ``TimeoutError``; other socket errors propagate.
+    truncated meanwhile). Each wait for the peer lasts at most ``wait(sent)``
+    seconds (the bytes sent so far: a caller may ask for a minimum rate), or the
+    socket's timeout, then raises ``TimeoutError``; other socket errors propagate.
     """
     if count <= 0:
         return 0
+    if wait is None:
+        timeout = sock.gettimeout()
+
+        def wait(sent: int) -> float | None:
+            return timeout
+
     if can_sendfile(sock):
         try:
-            return _sendfile(sock, fd, offset, count)
+            return _sendfile(sock, fd, offset, count, wait)
         except _Unsupported:
             pass  # nothing was sent yet: the copy below starts from the beginning
-    return _copy(sock, fd, offset, count)
+    return _copy(sock, fd, offset, count, wait)
 
 
-def _sendfile(sock, fd: int, offset: int, count: int) -> int:
+def _sendfile(sock, fd: int, offset: int, count: int, wait: Callable[[int], float]) -> int:
     out = sock.fileno()
-    timeout = sock.gettimeout()
     sent = since_wait = 0
     while sent < count:
         try:
             n = os.sendfile(out, fd, offset + sent, count - sent)
         except BlockingIOError:
-            wait_write(out, timeout=timeout,
+            wait_write(out, timeout=wait(sent),
                        timeout_exc=TimeoutError("client stopped reading"))
             since_wait = 0
             continue
@@ -96,12 +101,16 @@ def _sendfile(sock, fd: int, offset: int, count: int) -> int:
     return sent
 
 
-def _copy(sock, fd: int, offset: int, count: int) -> int:
+def _copy(sock, fd: int, offset: int, count: int, wait: Callable[[int], float]) -> int:
     sent = 0
     while sent < count:
         block = os.pread(fd, min(BLOCK_SIZE, count - sent), offset + sent)
         if not block:
             break
-        sock.sendall(block)
-        sent += len(block)
+        view = memoryview(block)
+        while view:
+            sock.settimeout(wait(sent))
+            n = sock.send(view)
+            view = view[n:]
+            sent += n
     return sent

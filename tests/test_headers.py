@@ -39,7 +39,8 @@ def value(fields, name: bytes) -> bytes | None:
 
 
 def forward(req: Request, up: Upstream = UP, **kw) -> list[tuple[bytes, bytes]]:
-    options = {"preserve_host": False, "trusted": False, "websocket": False, **kw}
+    options = {"preserve_host": False, "trusted": False, "websocket": False,
+               "length": req.content_length, "chunked": req.chunked, **kw}
     first, fields = parse(headers.request_head(req, req.target, up, **options))
     assert first == req.method.encode() + b" /x HTTP/1.1"
     return fields

@@ -11,7 +11,7 @@ from conftest import free_port, send_request, site_config, wait_for
 
 from rex_workers.config.loader import load_config
 from rex_workers.master.exposition import Exposition, Retired, sum_counters
-from rex_workers.shared.metrics import REQUEST_WIDTH, Layout, MetricsTable, Recorder
+from rex_workers.shared.metrics import BUFFERING, REQUEST_WIDTH, Layout, MetricsTable, Recorder
 
 CONFIG = """\
 server:
@@ -68,7 +68,8 @@ def test_layout_rows_follow_labels_not_file_positions(tmp_path):
         ("-", "upstream", "http://localhost:5000")]
     assert lay.listeners == [("0.0.0.0", 8000), ("0.0.0.0", 8001)]
     assert lay.request_row("9", "/nowhere") == 0  # unknown: the "-" row, never an error
-    assert lay.size == lay.gauge_base + 5 * len(lay.upstreams)
+    assert lay.buffering_base == lay.gauge_base + 5 * len(lay.upstreams)
+    assert lay.size == lay.buffering_base + len(BUFFERING)  # then the buffering block
 
 
 def test_counts_render_as_prometheus_text(tmp_path):

@@ -36,6 +36,7 @@ SIZES = {16 * 1024: "16k", 1024**3: "1g"}
     ("limits.header_bytes", SIZES[Limits().header_bytes]),
     ("limits.body_bytes", SIZES[Limits().body_bytes]),
     ("limits.connections", str(Limits().connections)),
+    ("limits.min_rate", str(Limits().min_rate)),
 ])
 def test_documented_defaults_are_the_model_s(key, value):
     assert f"| `{key}` | `{value}` |" in DOC.read_text()

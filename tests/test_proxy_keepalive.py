@@ -56,7 +56,7 @@ def read_then_close(sock):
     recv_request(sock)
 
 
-BIG = b"b" * (300 * 1024)  # over proxy.PUMP_MIN: relayed raw, past the response parser
+BIG = b"b" * (300 * 1024)  # over relay.PUMP_MIN: relayed raw, past the response parser
 SHAPES = {
     b"/shapes/cl": b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-Shape: cl\r\n\r\nhello",
     b"/shapes/chunked": (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"

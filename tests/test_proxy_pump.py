@@ -12,7 +12,7 @@ import threading
 import pytest
 from conftest import read_head, recv_head, send_request
 
-from rex_workers.proxy.exchange import PUMP_MIN
+from rex_workers.proxy.relay import PUMP_MIN
 
 SIZE = PUMP_MIN * 4 + 12345  # well past the pump threshold, not a multiple of its reads
 BODY = bytes(range(256)) * (SIZE // 256) + b"z" * (SIZE % 256)

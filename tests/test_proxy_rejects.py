@@ -66,7 +66,12 @@ def drain(sock: socket.socket) -> None:
 def site(rex_module, upstream_module):
     api = upstream_module()
     drainer = upstream_module.raw(drain)
-    port = rex_module.serve({"/": api.url, "/drain": drainer.url}, """\
+    # /drain streams request bodies as they come (the path without buffering); "/"
+    # buffers them whole first, as every proxied route does by default.
+    port = rex_module.serve(f"""\
+        - {{path: /, destination: "{api.url}"}}
+        - {{path: /drain, destination: "{drainer.url}", buffer_requests: false}}
+    """, """\
         limits: {header_bytes: 4k, body_bytes: 64k}
         timeouts: {header: 3, read: 5}
         logging: {access: off}
@@ -145,6 +150,21 @@ def test_chunked_body_over_limit_is_413(site):
     seen = wait_for(lambda: DRAINED and DRAINED[-1], what="the upstream to be hung up on")
     assert seen.startswith(b"POST /drain HTTP/1.1\r\n")
     assert not seen.endswith(b"0\r\n\r\n") and len(seen) < 5 * 16384
+
+
+def test_buffered_chunked_body_over_limit_is_413_and_no_upstream_hears_of_it(site):
+    port, api = site
+    before = len(api.requests)
+    chunk = b"%x\r\n%s\r\n" % (16384, b"x" * 16384)
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(b"POST /buffered HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n")
+        try:
+            for _ in range(5):  # 80 KiB > 64 KiB
+                s.sendall(chunk)
+        except OSError:
+            pass  # refused mid-body: the reply is what matters
+        assert read_reply(s.makefile("rb")).status == 413
+    assert len(api.requests) == before  # the body was read here, and refused here
 
 
 def test_target_over_limit_is_414(site):

@@ -56,6 +56,8 @@ def site(rex_module, upstream_module, tmp_path_factory):
         - {{path: /pair, destination: ["{api.url}", "{api2.url}"]}}
     """, """\
         timeouts: {header: 1, read: 1, idle: 60}
+        # The per-read timeouts alone: limits.min_rate has its own tests (test_buffering).
+        limits: {min_rate: 0}
         logging: {access: off}
         workers: 1
     """, instance=f"public: {public}")

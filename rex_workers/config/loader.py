@@ -20,6 +20,7 @@ from .model import (
     DEFAULT_HOST,
     TLS,
     Admin,
+    Buffering,
     Config,
     HealthCheck,
     Instance,
@@ -295,7 +296,8 @@ def _present(raw: dict, keys: tuple[str, ...]) -> dict:
 
 
 def _route(raw: dict, index: int, line: int, timeouts: Timeouts) -> Route:
-    options = _present(raw, ("strip_prefix", "preserve_host", "priority", "retries", "pool"))
+    options = _present(raw, ("strip_prefix", "preserve_host", "priority", "retries", "pool",
+                             "buffer_requests", "buffer_responses"))
     destination = raw["destination"]
     if isinstance(destination, str) and destination.strip().startswith("wsgi:"):
         options["wsgi"] = destination.strip()[len("wsgi:"):]
@@ -380,6 +382,7 @@ def _build(doc: dict, lines: dict, path: str, digest: str) -> Config:
         instances=_redirect_bare_http(instances, raw_instances, bool(upstream)),
         upstream=upstream,
         limits=Limits(**doc.get("limits", {})),
+        buffering=Buffering(**doc.get("buffering", {})),
         logging=_logging(doc.get("logging", {})),
         trusted_proxies=tuple(str(ipaddress.ip_network(c, strict=False))
                               for c in doc.get("trusted_proxies", ())),

@@ -30,6 +30,19 @@ class Limits:
     header_bytes: int = 16 * 1024  # Node's and llhttp's default maximum head size
     body_bytes: int = 1024**3  # 1 GiB; a proxy for dev boxes must take real uploads
     connections: int = 16384  # per worker; RLIMIT_NOFILE is raised to the hard limit
+    # Bytes/s a request body or a response must average once ``timeouts.read`` has
+    # passed (Apache's MinRate): a trickle is cut after a bounded time. 0: off.
+    min_rate: int = 500
+
+
+@dataclass(frozen=True, slots=True)
+class Buffering:
+    """Where proxied bodies wait between a fast side and a slow one (docs/proxying.md)."""
+
+    temp_dir: str | None = None  # None: the system's ($TMPDIR, else /tmp)
+    memory: int = 256 * 1024  # per body kept in memory before spilling to a temp file
+    worker_memory: int = 64 * 1024**2  # all bodies held in memory by one worker
+    max_temp_file: int = 1024**3  # a response spilled this far waits for its client (nginx)
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +92,8 @@ class Route:
     retries: int = 1  # extra attempts on another upstream (idempotent requests)
     timeouts: Timeouts = field(default_factory=Timeouts)
     pool: int | None = None  # WSGI: max concurrent app calls per worker
+    buffer_requests: bool = True  # read a request body whole before choosing an upstream
+    buffer_responses: bool = True  # read a response ahead of a slow client
     line: int = 0  # config line, for messages
 
 
@@ -145,6 +160,7 @@ class Config:
     workers: int = 1  # "auto" already resolved to the usable CPU count
     timeouts: Timeouts = field(default_factory=Timeouts)
     limits: Limits = field(default_factory=Limits)
+    buffering: Buffering = field(default_factory=Buffering)
     logging: Logging = field(default_factory=Logging)
     admin: Admin | None = None
     graceful_timeout: float = 30.0

@@ -84,6 +84,8 @@ ROUTE = {
     "retries": _count(0),
     "timeouts": {"type": "dict", "schema": {"connect": SECONDS, "read": SECONDS}},
     "pool": {**_count(1), "check_with": "wsgi_only"},
+    "buffer_requests": {**BOOL, "check_with": "proxy_only"},
+    "buffer_responses": {**BOOL, "check_with": "proxy_only"},
 }
 
 TLS = {
@@ -133,7 +135,18 @@ SCHEMA = {
     "timeouts": {"type": "dict", "schema": TIMEOUTS},
     "limits": {
         "type": "dict",
-        "schema": {"header_bytes": SIZE, "body_bytes": SIZE, "connections": _count(1)},
+        "schema": {"header_bytes": SIZE, "body_bytes": SIZE, "connections": _count(1),
+                   "min_rate": {"type": "size", "coerce": "size", "min": 0}},
+    },
+    "buffering": {
+        "type": "dict",
+        "schema": {
+            "temp_dir": {"type": "string", "empty": False, "coerce": "path",
+                         "check_with": "directory"},
+            "memory": SIZE,
+            "worker_memory": SIZE,
+            "max_temp_file": SIZE,
+        },
     },
     "logging": {
         "type": "dict",

@@ -163,6 +163,12 @@ class RexValidator(cerberus.Validator):
         if not (isinstance(destination, str) and destination.strip().startswith("wsgi:")):
             self._error(field, "pool is only for wsgi: destinations")
 
+    def _check_with_proxy_only(self, field, value):
+        destination = self.document.get("destination")
+        if isinstance(destination, str) and destination.strip().startswith("wsgi:"):
+            self._error(field, f"{field} is only for proxied destinations (a wsgi: app reads "
+                               "its own body in a greenlet)")
+
     def _check_with_redirect_https(self, field, value):
         if value and ("tls" in self.document or "sslConfig" in self.document):
             self._error(field, "an instance with TLS cannot redirect to HTTPS (itself)")

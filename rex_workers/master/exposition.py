@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from ..shared.metrics import (
     BODY_BYTES,
     BUCKETS,
+    BUFFERING,
     GAUGES,
     HIST,
     LISTENER_WIDTH,
@@ -46,6 +47,12 @@ FAMILIES: dict[str, tuple[str, str]] = {
     "rex_open_connections": ("gauge", "Client connections open now, all workers."),
     "rex_upstream_failures_total": ("counter", "Failed attempts to get a response from an "
                                                "upstream (refused, reset, timed out)."),
+    "rex_spooled_bytes_total": ("counter", "Bytes of proxied bodies buffered in temp files, "
+                                           "by direction (request, response)."),
+    "rex_spooled_total": ("counter", "Request bodies and responses that were buffered in "
+                                     "temp files, by direction."),
+    "rex_buffered_bytes": ("gauge", "Bytes of proxied bodies held now, by worker and where "
+                                    "(memory, disk)."),
     "rex_upstream_up": ("gauge", "Share of the serving workers that send traffic to the "
                                  "upstream now (passive and active health agree)."),
     "rex_upstream_in_flight": ("gauge", "Requests in flight to the upstream, all workers."),
@@ -86,6 +93,17 @@ def counters(layout: Layout, values) -> Iterator[tuple[Key, float]]:
     for row, up in enumerate(layout.upstreams):
         where = (("site", up.site), ("route", up.route), ("upstream", up.upstream.key))
         yield ("rex_upstream_failures_total", where), values[layout.failure_base + row]
+    base = layout.buffering_base
+    for n, direction in enumerate(("request", "response")):
+        where = (("direction", direction),)
+        yield ("rex_spooled_bytes_total", where), values[base + n]
+        yield ("rex_spooled_total", where), values[base + 2 + n]
+
+
+def buffered(layout: Layout, values) -> tuple[float, float]:
+    """(bytes in memory, bytes on disk) one worker holds for proxied bodies now."""
+    base = layout.buffering_base + BUFFERING.index("memory_bytes")
+    return values[base], values[base + 1]
 
 
 @dataclass

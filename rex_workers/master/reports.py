@@ -18,7 +18,14 @@ from dataclasses import dataclass
 
 from ..shared.scoreboard import SlotInfo
 from .admin import Answer
-from .exposition import CONTENT_TYPE, Exposition, sum_counters, upstream_states, upstream_summary
+from .exposition import (
+    CONTENT_TYPE,
+    Exposition,
+    buffered,
+    sum_counters,
+    upstream_states,
+    upstream_summary,
+)
 from .supervise import Generation, Proc, urls
 
 
@@ -101,6 +108,11 @@ def metrics(master) -> str:
     out = Exposition()
     out.add_counters(totals)
     out.add("rex_open_connections", sum(v.info.connections for v in views))
+    for v in views:
+        memory, disk = buffered(v.gen.metrics.layout, v.values)
+        worker = (("worker", f"{v.proc.wid}"), ("generation", f"{v.proc.generation}"))
+        out.add("rex_buffered_bytes", memory, (*worker, ("where", "memory")))
+        out.add("rex_buffered_bytes", disk, (*worker, ("where", "disk")))
     for row in _upstreams(master, views, totals):
         where = (("site", row["site"]), ("route", row["route"]), ("upstream", row["key"]))
         if row["workers"]:

@@ -1,14 +1,13 @@
 """One proxied exchange: pick an upstream, send the request, hand its response to the stream.
 
-Socket code (upstream side only). A request runs in its client connection's
-greenlet; a second greenlet exists only while a request body is still arriving
-(it uploads while the first relays the response, so an upstream answering early
-or echoing a stream never deadlocks). The response goes to the client through
-the ``Stream`` the request came on: its body is a ``Relay`` the connection
-pulls, which offers the rest of a large body of known length as a raw
-``SocketSpan``; after a 101 it is a ``Tunnel``. Each side blocks on its own
-socket, which is the backpressure: memory per connection is a read buffer or
-two, whatever the body size (SPEC §5).
+Socket code (upstream side only). A request body is read whole before an
+upstream is chosen (in memory, then a temp file: ``buffer_requests``), so a
+slow client never holds an upstream; with ``buffer_requests: false`` it streams,
+and a second greenlet uploads it while the first relays the response (an
+upstream answering early or echoing a stream never deadlocks). The response goes
+to the client through the ``Stream`` the request came on: its body is a
+``Relay`` (``relay.py``) the connection pulls, which reads ahead of a slow
+client when it may; after a 101 it is a ``Tunnel``.
 """
 
 from __future__ import annotations
@@ -19,22 +18,23 @@ from urllib.parse import quote
 
 import gevent
 
+from rex_static.sendfile import send_file
+
 from ..config.model import Route, Timeouts, Upstream
-from ..http import deadline, h1write, pages
-from ..http.h1read import BODY, END, HEAD, INFO, UPGRADE, Response, ResponseReader
+from ..http import h1write, pages
+from ..http.h1read import UPGRADE, ResponseReader
+from ..http.message import FileRegion, Stream, Tunnel
 from ..http.message import Response as Answer
-from ..http.message import SocketSpan, Stream, Tunnel
 from ..http.request import Abort, HTTPError, Request, printable
 from ..http.urlpath import PATH_SAFE, rewrite
-from ..http.wire import READ_SIZE, send_all
+from ..http.wire import send_all
 from . import headers
 from .balancer import UpstreamGroup
 from .headers import TrustedProxies
+from .relay import Buffers, Relay, UpstreamConn
+from .spool import Spool
 from .upstream import ConnectionPool, UpstreamError, abort
 
-# What is left of a Content-Length body from this size on is offered to the
-# connection raw (a ``SocketSpan``): no parser, no new bytes object per read.
-PUMP_MIN = 256 * 1024
 # RFC 9110 §9.2.2; these may be sent again when a first attempt got no answer.
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 
@@ -63,6 +63,7 @@ class Exchange:
         "up",
         "upload_error",
         "uploading",
+        "upstream_end",
     )
 
     def __init__(self, proxy: Proxy, stream: Stream, target: Target) -> None:
@@ -76,6 +77,7 @@ class Exchange:
         self.responded = False  # the response head was handed to the client
         self.upload_error: HTTPError | None = None  # the client's body failed
         self.uploading = False  # a streamed body is still on its way
+        self.upstream_end = 0.0  # when the last attempt's upstream was done with
 
     def location(self, value: bytes) -> bytes:
         """``Location`` as the client should see it (SPEC §5); only called when present."""
@@ -95,10 +97,12 @@ class Exchange:
 class Proxy:
     """A worker's proxying: its upstream connection pool and what each exchange needs."""
 
-    def __init__(self, pool: ConnectionPool, trusted: TrustedProxies, header_limit: int) -> None:
+    def __init__(self, pool: ConnectionPool, trusted: TrustedProxies, header_limit: int,
+                 buffers: Buffers) -> None:
         self.pool = pool
         self.trusted = trusted
         self.header_limit = header_limit
+        self.buffers = buffers
 
     def public_origin(self, req: Request) -> bytes:
         """scheme://host the client used; a trusted proxy's X-Forwarded-* win (SPEC §5)."""
@@ -118,6 +122,33 @@ class Proxy:
         # Small bodies have usually arrived with the head: take them now, so head and
         # body go out in one write and can be replayed on another connection.
         body = stream.buffered_body() if req.has_body else ()
+        route = target.route
+        if body is None and not req.upgrade and (route is None or route.buffer_requests):
+            body = self._read_body(stream)
+        try:
+            self._forward(ex, body)
+        finally:
+            if type(body) is Spool:
+                body.close()
+
+    def _read_body(self, stream: Stream) -> Spool:
+        """The whole request body, before any upstream hears of it (``buffer_requests``)."""
+        spool = self.buffers.request()
+        try:
+            for piece in stream.body():  # sends the 100 (Continue) the client waits for
+                spool.write(piece)
+        except OSError as exc:
+            spool.close()
+            # The temp file failed (no such directory, disk full): nginx answers 500 too.
+            raise HTTPError(f"cannot buffer the request body: {exc}", 500) from None
+        except BaseException:
+            spool.close()
+            raise
+        spool.end()
+        return spool
+
+    def _forward(self, ex: Exchange, body) -> None:
+        stream, req, target = ex.stream, ex.req, ex.target
         group = target.group
         retries = target.route.retries if target.route else 1
         tried: set[str] = set()
@@ -133,6 +164,7 @@ class Proxy:
             outcome.upstream = key
             group.acquire(up)
             started = time.monotonic()
+            ex.upstream_end = 0.0
             try:
                 self._attempt(ex, up, body, idempotent)
             except UpstreamError as exc:
@@ -151,7 +183,9 @@ class Proxy:
                 return
             finally:
                 group.release(up)
-                upstream_time += time.monotonic() - started
+                # Until the upstream was done: a response read ahead of a slow client
+                # counts the upstream's time, not the client's.
+                upstream_time += (ex.upstream_end or time.monotonic()) - started
                 outcome.upstream_time = upstream_time
         error = HTTPError(last.reason, last.status) if last else HTTPError("no live upstream", 502)
         error.close = False  # the client's request was whole: its connection is still good
@@ -165,19 +199,16 @@ class Proxy:
         strip = target.strip_segments
         if up.base_path or (strip and route and route.strip_prefix):
             path = rewrite(path, strip, up.base_path)
+        parts, length, chunked = _request_body(body, req, stream.trailers)
         head = headers.request_head(
             req, path + b"?" + req.query if req.query else path, up,
             preserve_host=bool(route and route.preserve_host),
             trusted=req.client_addr[0] in self.trusted,
-            websocket=req.upgrade,
+            websocket=req.upgrade, length=length, chunked=chunked,
         )
-        if body:
-            head += (b"".join(h1write.chunk(p) for p in body)
-                     + h1write.trailer_block(stream.trailers)) if req.chunked else b"".join(body)
-        elif req.chunked and body is not None:
-            head += h1write.trailer_block(stream.trailers)
         replayable = idempotent and body is not None
         head_request = req.method == "HEAD"
+        buffers = self.buffers if route is None or route.buffer_responses else None
         pool = self.pool
         for fresh in (False, True):
             sock, reused, reader = pool.get(up, target.timeouts.connect, fresh=fresh)
@@ -187,25 +218,45 @@ class Proxy:
             else:
                 reader.reset(head_request)
             sock.settimeout(target.timeouts.read)
-            kept = False  # the reader stays with the pooled connection
+            conn = UpstreamConn(pool, up, sock, reader)
             try:
-                if _exchange(ex, sock, reader, head, body is None):
-                    kept = reader.reusable()
-                    pool.put(up, sock, reader if kept else None)
-                else:
-                    sock.close()
+                _exchange(ex, conn, head, parts, body is None, buffers)
                 return
             except UpstreamError as exc:
-                sock.close()
+                conn.release(False)
                 if exc.stale and reused and replayable and not fresh:
                     continue  # the upstream closed this idle connection: try a new one
                 raise
             except BaseException:
-                sock.close()
+                conn.release(False)
                 raise
             finally:
-                if not kept:
-                    reader.release()
+                ex.upstream_end = conn.done_at
+
+
+def _request_body(body, req: Request, trailers: list) -> tuple[list, int | None, bool]:
+    """(what follows the head, the Content-Length to send, whether to send it chunked).
+
+    A whole body goes with its length, also one that came chunked (RFC 9112 §6.3)
+    unless it had trailers, which only chunked framing can carry on. A body still
+    arriving (``buffer_requests: false``) keeps the framing it came with.
+    """
+    if body is None:
+        return [], req.content_length, req.chunked
+    if not req.has_body:  # none, or an announced empty one (``Content-Length: 0``)
+        return [], req.content_length, False
+    parts = body.parts() if type(body) is Spool else list(body)
+    if not req.chunked or not trailers:
+        length = sum(p.count if type(p) is FileRegion else len(p) for p in parts)
+        return parts, length, False
+    framed: list = []
+    for part in parts:
+        if type(part) is FileRegion:
+            framed += (b"%x\r\n" % part.count, part, b"\r\n")
+        elif part:
+            framed.append(h1write.chunk(part))
+    framed.append(h1write.trailer_block(trailers))
+    return framed, None, True
 
 
 def _answer_here(req: Request, target: Target) -> Answer:
@@ -219,12 +270,18 @@ def _answer_here(req: Request, target: Target) -> Answer:
     return pages.response(200, b"", headers=(("Allow", allow),), content_type=b"text/plain")
 
 
-def _exchange(ex: Exchange, sock, reader: ResponseReader, head: bytes, streaming: bool) -> bool:
-    """Send the request, hand the response to the stream. True when ``sock`` can be pooled."""
+def _exchange(ex: Exchange, conn: UpstreamConn, head: bytes, parts: list, streaming: bool,
+              buffers: Buffers | None) -> None:
+    """Send the request, hand the response to the stream; ``conn`` is released, once."""
     stream = ex.stream
+    sock = conn.sock
     uploader = None
+    # What is in memory goes with the head; a body spooled to disk follows from a
+    # greenlet of its own, so the response is read meanwhile (an upstream that
+    # answers while it reads, as an echo does, never deadlocks).
+    split = next((n for n, part in enumerate(parts) if type(part) is FileRegion), len(parts))
     try:
-        send_all(sock, head)
+        send_all(sock, b"".join([head, *parts[:split]]) if split else head)
     except OSError as exc:
         # Nothing was answered yet: a pooled connection the upstream had closed.
         raise UpstreamError(f"sending to upstream failed: {exc}", stale=True) from None
@@ -232,28 +289,45 @@ def _exchange(ex: Exchange, sock, reader: ResponseReader, head: bytes, streaming
         stream.expect_continue()
         ex.uploading = True
         uploader = gevent.spawn(_upload, ex, sock)
+    elif split < len(parts):
+        ex.uploading = True
+        uploader = gevent.spawn(_upload_parts, ex, sock, parts[split:])
     else:
         # Only this greenlet uses the socket now: its reads get a cheap deadline
         # instead of the socket's timeout (``deadline``); the pool sets it back.
         sock.settimeout(None)
+    relay = Relay(ex, conn, buffers)
     try:
-        relay = Relay(ex, sock, reader)
         resp = relay.head()
         fields = headers.response_fields(resp, ex.location)
         ex.responded = True
         if resp.upgrade:
             if not ex.req.upgrade:
                 raise Abort()  # checked in head(): unreachable, but never tunnel unasked
+            reader = conn.reader
             early = b"".join(p for kind, p in reader.events if kind == UPGRADE)
             reader.events.clear()
             stream.respond(Answer(101, fields, Tunnel(sock, early), reason=resp.reason))
-            return False
+            return  # the tunnel is over: ``close`` below closes the socket
         stream.respond(Answer(resp.status, fields, relay, resp.content_length,
                               reason=resp.reason))
-        return relay.reusable()
     finally:
+        relay.close()
         if uploader is not None:
             uploader.kill()  # a no-op when the body was sent; else the response won
+
+
+def _upload_parts(ex: Exchange, sock, parts: list) -> None:
+    """Second greenlet: the rest of a buffered body, file spans with sendfile."""
+    try:
+        for part in parts:
+            if type(part) is not FileRegion:
+                send_all(sock, part)
+            elif send_file(sock, part.fd, part.offset, part.count) < part.count:
+                raise OSError("the buffered request body shrank")
+        ex.uploading = False
+    except OSError:
+        pass  # the upstream stopped reading: its response, if any, tells the story
 
 
 def _upload(ex: Exchange, sock) -> None:
@@ -278,136 +352,3 @@ def _upload(ex: Exchange, sock) -> None:
         pass  # the upstream stopped reading: its response, if any, tells the story
     finally:
         ex.body_flowing = False
-
-
-class Relay:
-    """The upstream's response, read as the connection pulls its body.
-
-    ``head()`` reads up to the final response head (relaying 1xx interim
-    responses to the stream); iterating then yields the body as it arrives:
-    first whatever came with the head (possibly ``b""``, so the head goes out at
-    once), then one piece per upstream read, or, for the rest of a large body of
-    known length, one ``SocketSpan`` for the connection to move raw. ``done``
-    tells the connection no more is coming; ``trailers`` are set at the end.
-    """
-
-    __slots__ = ("_eof", "_first", "_read_any", "_received", "_timeout", "done", "ex",
-                 "reader", "sock", "trailers")
-
-    def __init__(self, ex: Exchange, sock, reader: ResponseReader) -> None:
-        self.ex = ex
-        self.sock = sock
-        self.reader = reader
-        # None: an upload shares the socket, and the socket's own timeout applies.
-        self._timeout = None if ex.uploading else ex.target.timeouts.read
-        self._read_any = False  # a byte came back on this connection
-        self._eof = False  # the upstream closed: its connection cannot be pooled
-        self._first = True
-        self._received = 0  # body bytes taken from the parser (or handed over raw)
-        self.done = False
-        self.trailers: list = []
-
-    def head(self) -> Response:
-        """The final response head; before it, nothing has been sent to the client."""
-        events = self.reader.events
-        stream = self.ex.stream
-        while True:
-            while events:
-                kind, payload = events[0]
-                if kind == HEAD:
-                    events.popleft()
-                    if payload.upgrade and not self.ex.req.upgrade:
-                        _fail(self.ex, UpstreamError("101 from upstream without an upgrade "
-                                                     "request", sent=True, retry=False))
-                    self.reader.final = payload
-                    return payload
-                events.popleft()
-                if kind == INFO and payload.status != 100:
-                    # 103 Early Hints and the like; a 100 is not relayed, as Rex has
-                    # answered the client's Expect itself.
-                    stream.interim(payload.status, headers.interim_fields(payload),
-                                   payload.reason)
-            self._read()
-
-    def __iter__(self) -> Relay:
-        return self
-
-    def __next__(self) -> bytes | SocketSpan:
-        if self.done:
-            raise StopIteration
-        events = self.reader.events
-        while True:
-            pieces = []
-            while events:
-                kind, payload = events.popleft()
-                if kind == BODY:
-                    pieces.append(payload)
-                elif kind == END:
-                    self.trailers = payload
-                    self.done = True
-                    break
-            if pieces:
-                data = pieces[0] if len(pieces) == 1 else b"".join(pieces)
-                self._received += len(data)
-                self._first = False
-                return data
-            if self.done:
-                raise StopIteration
-            if self._first:
-                self._first = False
-                return b""  # the head goes out now, before any body (SSE, long polls)
-            final = self.reader.final
-            left = (final.content_length - self._received
-                    if final.content_length is not None else 0)
-            if left >= PUMP_MIN:
-                # A large body of known length: what is left of it is plain bytes.
-                self.done = True
-                self._received += left
-                return SocketSpan(self.sock, left, self._timeout)
-            self._read()
-
-    def reusable(self) -> bool:
-        """Once the body was handed over whole: may the upstream connection be pooled?"""
-        ex, reader = self.ex, self.reader
-        if not (self.done and reader.final.keep_alive and not ex.uploading
-                and ex.upload_error is None):
-            return False
-        # Ended by the parser: only if the end came in data (not the upstream's
-        # close) and nothing followed it. Ended raw: the span was exactly the body.
-        return not (self._eof or reader.leftover) if reader.done else True
-
-    def _read(self) -> None:
-        ex = self.ex
-        try:
-            data = deadline.call(self._timeout, self.sock.recv, READ_SIZE)
-        except TimeoutError:
-            if ex.body_flowing:
-                # The upstream may rightly wait for the whole body: its read timer
-                # starts once the body is sent (nginx: proxy_read_timeout). A stalled
-                # client is the uploader's to time out (408), not the upstream's fault.
-                return
-            _fail(ex, UpstreamError("upstream read timed out", 504, sent=True, retry=False))
-        except OSError as exc:
-            _fail(ex, UpstreamError(f"upstream failed: {exc}", sent=True,
-                                    stale=not self._read_any))
-        try:
-            if data:
-                self._read_any = True
-                self.reader.feed(data)
-            elif self._read_any or ex.upload_error:
-                self._eof = True
-                self.reader.feed_eof()
-            else:
-                _fail(ex, UpstreamError("upstream closed the connection before answering",
-                                        sent=True, stale=True))
-        except HTTPError as exc:
-            _fail(ex, UpstreamError(exc.reason, 502, sent=True))
-
-
-def _fail(ex: Exchange, exc: UpstreamError) -> None:
-    """Raise what the failure means for this client at this point of the exchange."""
-    if ex.responded:
-        raise Abort()
-    if ex.upload_error is not None:
-        raise ex.upload_error
-    raise exc

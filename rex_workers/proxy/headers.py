@@ -32,7 +32,8 @@ FORWARDING = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-
                         b"x-forwarded-port", b"forwarded"})
 # Names request_head treats specially; every other field is copied as it came.
 _REQUEST_SPECIAL = HOP_BY_HOP | FORWARDING | {b"host", b"via", b"expect", b"max-forwards"}
-_RESPONSE_SPECIAL = HOP_BY_HOP | {b"via", b"location", b"date"}
+# X-Accel-Buffering is an upstream's word to the proxy (nginx's), not for the client.
+_RESPONSE_SPECIAL = HOP_BY_HOP | {b"via", b"location", b"date", b"x-accel-buffering"}
 _VIA = {"1.1": b"1.1 rex", "1.0": b"1.0 rex"}
 # RFC 9110 §9.3.8: the final recipient of a TRACE leaves out what may be secret.
 _TRACE_HIDDEN = frozenset({b"authorization", b"proxy-authorization", b"cookie"})
@@ -94,18 +95,28 @@ def request_head(
     preserve_host: bool,
     trusted: bool,
     websocket: bool,
+    length: int | None,
+    chunked: bool,
 ) -> bytes:
-    """The head Rex sends upstream for ``req`` (always HTTP/1.1, keep-alive)."""
-    head, listed = _request_head(req, target, up, preserve_host, trusted, websocket, frozenset())
+    """The head Rex sends upstream for ``req`` (always HTTP/1.1, keep-alive).
+
+    ``length`` and ``chunked`` frame the body as Rex sends it, which may differ
+    from how it came (a buffered chunked body goes with its length).
+    """
+    framing = (b"Transfer-Encoding: chunked\r\n" if chunked
+               else b"Content-Length: %d\r\n" % length if length is not None else b"")
+    head, listed = _request_head(req, target, up, preserve_host, trusted, websocket, framing,
+                                 frozenset())
     if listed:
         # Rare: Connection names end-to-end fields, which must go too. One more pass
         # beats scanning for Connection ahead of every request.
-        head, _ = _request_head(req, target, up, preserve_host, trusted, websocket, listed)
+        head, _ = _request_head(req, target, up, preserve_host, trusted, websocket, framing,
+                                listed)
     return head
 
 
 def _request_head(req: Request, target: bytes, up: Upstream, preserve_host: bool,
-                  trusted: bool, websocket: bool, listed: frozenset[bytes]
+                  trusted: bool, websocket: bool, framing: bytes, listed: frozenset[bytes]
                   ) -> tuple[bytes, frozenset[bytes]]:
     found = listed
     out = [req.method.encode(), b" ", target, b" HTTP/1.1\r\n"]
@@ -149,10 +160,8 @@ def _request_head(req: Request, target: bytes, up: Upstream, preserve_host: bool
             b"Via: ", via + b", " + via_rex if via else via_rex, b"\r\n")
     if websocket:
         out.append(b"Connection: upgrade\r\nUpgrade: websocket\r\n")
-    if req.chunked:
-        out.append(b"Transfer-Encoding: chunked\r\n")
-    elif req.content_length is not None:
-        out.append(b"Content-Length: %d\r\n" % req.content_length)
+    if framing:
+        out.append(framing)
     out.append(b"\r\n")
     return b"".join(out), found
 

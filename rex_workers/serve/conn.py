@@ -17,7 +17,7 @@ import time
 import traceback
 from collections.abc import Iterator, Sequence
 
-from rex_static.sendfile import can_sendfile, send_file, send_head
+from rex_static.sendfile import more_flag, send_file
 
 from ..http import deadline, filters, h1write, pages
 from ..http.filters import Chain
@@ -66,8 +66,9 @@ class ClientConn:
 
     # Slots: ten thousand idle connections each hold one of these (no __dict__).
     __slots__ = ("_body_done", "_body_seen", "_chain", "_expect", "_left", "_linger", "_mode",
-                 "_pending", "addr", "ctx", "filters", "idle", "keep_alive", "listener",
-                 "outcome", "reader", "request", "served", "sock", "trailers")
+                 "_pending", "_slow", "_slow_sent", "_source", "addr", "ctx", "filters", "idle",
+                 "keep_alive", "listener", "outcome", "reader", "request", "served", "sock",
+                 "trailers")
 
     def __init__(self, sock, addr, listener, ctx) -> None:
         self.sock = sock
@@ -96,6 +97,9 @@ class ClientConn:
         self._pending = b""  # response bytes not sent yet (the head waits for the body)
         self._left = 0  # body bytes a Content-Length still allows
         self._chain: Chain | None = None
+        self._source = None  # the streamed body being sent: told when the client stalls
+        self._slow = 0.0  # when this response first had to wait for the client
+        self._slow_sent = 0  # body bytes sent by then
 
     # -- the connection loop ----------------------------------------------------
     def serve(self) -> None:
@@ -303,12 +307,20 @@ class ClientConn:
         return pieces
 
     def body(self) -> Iterator[bytes]:
-        """Yield the request body as it arrives (de-chunked); the responder pulls it."""
+        """Yield the request body as it arrives (de-chunked); the responder pulls it.
+
+        Each read waits at most ``timeouts.read``, and the body must keep up an
+        average of ``limits.min_rate`` bytes/s after that much time (408 else).
+        """
         if self._body_done:
             return
         self.expect_continue()
         events = self.reader.events
+        sock = self.sock
         read_timeout = self.ctx.timeouts.read
+        rate = self.ctx.limits.min_rate
+        started = time.monotonic()
+        sock.settimeout(None)  # each read gets its deadline below
         while True:
             while events:
                 kind, payload = events.popleft()
@@ -321,9 +333,14 @@ class ClientConn:
                     self.trailers = payload
                     self._body_done = True
                     return
-            self.sock.settimeout(read_timeout)
+            timeout = read_timeout
+            if rate:
+                allowed = started + read_timeout + self._body_seen / rate - time.monotonic()
+                if allowed <= 0:
+                    raise HTTPError("client body slower than limits.min_rate", 408)
+                timeout = min(timeout, allowed)
             try:
-                data = self.sock.recv(READ_SIZE)
+                data = deadline.call(timeout, sock.recv, READ_SIZE)
             except TimeoutError:
                 raise HTTPError("client body timed out", 408) from None
             if not data:
@@ -367,6 +384,7 @@ class ClientConn:
                                                 response.length, keep_alive)
         self._mode = mode
         self._left = response.length or 0
+        self._slow = 0.0
         self.outcome.status = response.status
         self._pending = h1write.head(response.status, response.headers, mode=mode,
                                      length=response.length, keep_alive=self.keep_alive,
@@ -422,19 +440,23 @@ class ClientConn:
         Bytes are held when the source says it is ``done``, so they go out with
         the end of the body (one send for a small proxied answer). With no body
         to send (HEAD, 204, 304) the source is still run to its end: a proxied
-        304 frees its upstream connection that way.
+        304 frees its upstream connection that way. A source with a ``stalled``
+        method hears when the client falls behind (``_slowed``).
         """
-        for part in parts:
-            kind = type(part)
-            done = getattr(parts, "done", False)
-            if kind is bytes or kind is memoryview:
-                self._put(part, not done)
-            elif kind is FileRegion:
-                self._send_region(part)
-            else:
-                self._pump(part)
-            if done:
-                break
+        self._source = parts
+        try:
+            for part in parts:
+                kind = type(part)
+                if kind is bytes or kind is memoryview:
+                    self._put(part, not getattr(parts, "done", False))
+                elif kind is FileRegion:
+                    self._send_region(part)
+                else:
+                    self._pump(part)
+                if getattr(parts, "done", False):
+                    break
+        finally:
+            self._source = None
 
     def interim(self, status: int, headers: list[Header], reason: bytes = b"") -> None:
         """A 1xx before the response (e.g. 103 Early Hints); never to HTTP/1.0 clients."""
@@ -474,11 +496,10 @@ class ClientConn:
             self._pending += b"%x\r\n" % count
         self._left -= count
         sock = self.sock
-        sock.settimeout(self.ctx.timeouts.read)  # also each wait of the sendfile pump
         head, self._pending = self._pending, b""
         if head:
-            send_head(sock, head, file_follows=True)
-        sent = send_file(sock, region.fd, region.offset, count)
+            self._send(head, more_flag(sock))
+        sent = send_file(sock, region.fd, region.offset, count, self._file_wait)
         self.outcome.sent += sent
         if sent < count:
             # Content-Length promised more than the file now holds: the only
@@ -496,15 +517,14 @@ class ClientConn:
         stops reading is cut by the write timeout.
         """
         left = span.count
-        if self._mode == CHUNKED:
+        chunked = self._mode == CHUNKED
+        if chunked:
             self._pending += b"%x\r\n" % left
-        elif self._mode == LENGTH:
-            self._left -= left
         head, self._pending = self._pending, b""
         if head:
             self._send(head)
         buf = memoryview(bytearray(min(left, BLOCK_SIZE)))
-        recv_into, timeout, send = span.sock.recv_into, span.timeout, self._send
+        sock, recv_into, timeout = self.sock, span.sock.recv_into, span.timeout
         outcome = self.outcome
         while left:
             piece = buf[:left] if left < len(buf) else buf
@@ -515,9 +535,22 @@ class ClientConn:
             if not n:
                 raise Abort()  # the peer closed in the middle of the body
             left -= n
+            self._left -= n
             outcome.sent += n
-            send(piece[:n])
-        if self._mode == CHUNKED:
+            sent = send_now(sock, piece[:n])
+            if sent < n:
+                # The client is slower than the peer. A source that reads ahead takes
+                # over the rest of the span and what this piece still holds, so the
+                # buffer is let go (not mid-chunk: the chunk size has gone out).
+                if not chunked and self._slowed(left, piece[sent:n]):
+                    # Those bytes come back from the source: not sent yet after all.
+                    self._left += n - sent
+                    outcome.sent -= n - sent
+                    self._slow_sent = min(self._slow_sent, outcome.sent)
+                    return
+                self._slowed()
+                self._send_rest(piece[sent:n])
+        if chunked:
             self._pending = _CRLF
 
     def _tunnel(self, response: Response, tun: Tunnel) -> None:
@@ -533,13 +566,61 @@ class ClientConn:
             send_all(tun.peer, early)
         tunnel(self.sock, tun.peer, self.ctx.tunnels)
 
-    def _send(self, data) -> None:
-        """Send all of ``data``; a client that takes none of it for ``read`` seconds is cut."""
-        sent = send_now(self.sock, data)
+    def _send(self, data, flags: int = 0) -> None:
+        """Send all of ``data``; what the client does not take at once waits (``_send_rest``)."""
+        sent = send_now(self.sock, data, flags)
         if sent < len(data):
-            sock = self.sock  # the client is slow: only now does a timeout matter
-            sock.settimeout(self.ctx.timeouts.read)
-            sock.sendall(memoryview(data)[sent:])
+            self._slowed()
+            self._send_rest(memoryview(data)[sent:])
+
+    def _send_rest(self, view: memoryview) -> None:
+        sock = self.sock
+        while view:
+            sock.settimeout(self._write_wait())  # the client is slow: only now does it matter
+            view = view[sock.send(view):]
+
+    def _slowed(self, span_left: int = 0, held: memoryview | bytes = b"") -> bool:
+        """The client cannot take what we send now: start its clock, tell the source.
+
+        True when the source reads ahead itself from now on: the ``held`` bytes
+        first, then the ``span_left`` bytes of its span the connection had not read.
+        """
+        if not self._slow:
+            self._slow = time.monotonic()
+            self._slow_sent = self._sent()
+        source = self._source
+        if source is None:
+            return False
+        stalled = getattr(source, "stalled", None)
+        if stalled is not None and stalled(span_left, held):
+            self._source = None  # the source reads ahead now: once is enough
+            return True
+        return False
+
+    def _write_wait(self, sending: int = 0) -> float:
+        """Seconds the next wait for the client may take: ``timeouts.read``, and less when
+        the response falls below ``limits.min_rate`` since the client first fell behind."""
+        ctx = self.ctx
+        read = ctx.timeouts.read
+        rate = ctx.limits.min_rate
+        if not rate or not self._slow:
+            return read
+        sent = self._sent() + sending - self._slow_sent
+        allowed = self._slow + read + sent / rate - time.monotonic()
+        if allowed <= 0:
+            raise TimeoutError("client reading slower than limits.min_rate")
+        return min(read, allowed)
+
+    def _file_wait(self, sent: int) -> float:
+        """The sendfile pump's wait for the client (``sent``: bytes of this region so far)."""
+        if not self._slow:
+            self._slow = time.monotonic()
+            self._slow_sent = self._sent() + sent
+        return self._write_wait(sent)
+
+    def _sent(self) -> int:
+        outcome = self.outcome
+        return outcome.sent if outcome is not None else 0  # None: a page for a broken request
 
     def _log_body(self, message: str) -> None:
         req = self.request
@@ -578,4 +659,3 @@ class ClientConn:
         self.ctx.log_error(f"{self.addr[0]}: {message}")
 
 
-__all__ = ["ClientConn", "can_sendfile"]

@@ -21,6 +21,7 @@ from ..http.request import Request
 from ..proxy.balancer import UpstreamGroup
 from ..proxy.exchange import Proxy, Target
 from ..proxy.headers import TrustedProxies
+from ..proxy.relay import Buffers
 from ..proxy.upstream import ConnectionPool
 from ..shared.metrics import NOT_ROUTED, Layout, Recorder, route_label
 from .accesslog import Log
@@ -37,7 +38,8 @@ class Runtime:
         self.pool = ConnectionPool()
         self.log = Log(config.logging, worker_name)
         self.metrics = Recorder(layout or Layout(config))
-        self.proxy = Proxy(self.pool, self.trusted, config.limits.header_bytes)
+        self.buffers = Buffers(config.buffering)
+        self.proxy = Proxy(self.pool, self.trusted, config.limits.header_bytes, self.buffers)
         # (site label, route, group, upstream key -> metrics row) of every balancer.
         self._groups: list[tuple[str, Route | None, UpstreamGroup, dict[str, int]]] = []
         self.wsgi = None
@@ -76,11 +78,15 @@ class Runtime:
         """(site label, route, group) for every balancer of this worker; "-": the global pool."""
         return [(site, route, group) for site, route, group, _rows in self._groups]
 
-    def upstream_gauges(self) -> None:
-        """Copy every balancer's view of its upstreams into the metrics (before publishing)."""
+    def gauges(self) -> None:
+        """Copy what is kept outside the metrics into them (before publishing): every
+        balancer's view of its upstreams, and the buffering figures."""
         for _site, _route, group, rows in self._groups:
             for state in group.state():
                 self.metrics.upstream_gauges(rows[state["key"]], state)
+        budget = self.buffers.budget
+        self.metrics.buffering(budget.spilled_bytes, budget.spilled_bodies, budget.memory,
+                               budget.disk)
 
     # -- logging ------------------------------------------------------------------
     def access(self, req: Request, outcome: Outcome, duration: float) -> None:

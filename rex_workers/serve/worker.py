@@ -161,7 +161,7 @@ class Worker:
     def publish(self) -> None:
         """Copy this worker's metrics into its shared slot (every heartbeat, and at exit)."""
         if self.shared is not None:
-            self.rt.upstream_gauges()
+            self.rt.gauges()
             self.shared.metrics.publish(self.shared.slot, self.rt.metrics.values)
 
     def _heartbeat(self) -> None:

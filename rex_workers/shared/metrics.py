@@ -50,6 +50,10 @@ CONNECTIONS, HANDSHAKE_FAILURES, RECEIVED, SENT = range(4)
 LISTENER_WIDTH = 4
 # Upstream rows: one counter (failed attempts), then five gauges in a block of their own.
 GAUGES = ("up", "active_up", "fails", "conns", "down_for")
+# The worker's buffering (proxy/spool.py): counters of what went to disk, by direction,
+# then the bytes held now. One block per worker, after the upstream gauges.
+BUFFERING = ("request_spooled_bytes", "response_spooled_bytes", "request_spooled",
+             "response_spooled", "memory_bytes", "disk_bytes")
 NOT_ROUTED = "-"  # static files, pages, redirects, errors: no route answered
 GLOBAL_POOL = "upstream"  # the original's global `upstream` list
 
@@ -102,7 +106,8 @@ class Layout:
         self.listener_base = len(self.requests) * REQUEST_WIDTH
         self.failure_base = self.listener_base + len(self.listeners) * LISTENER_WIDTH
         self.gauge_base = self.failure_base + len(self.upstreams)  # counters end here
-        self.size = self.gauge_base + len(self.upstreams) * len(GAUGES)
+        self.buffering_base = self.gauge_base + len(self.upstreams) * len(GAUGES)
+        self.size = self.buffering_base + len(BUFFERING)
 
     def _add_upstream(self, site: str, route: str, up: Upstream) -> None:
         if (site, route, up.key) not in self._upstream_rows:
@@ -150,6 +155,13 @@ class Recorder:
 
     def upstream_failed(self, row: int) -> None:
         self.values[self.layout.failure_base + row] += 1
+
+    def buffering(self, spooled_bytes: list[int], spooled: list[int], memory: int,
+                  disk: int) -> None:
+        """The worker's buffering figures as they are now (counters included: they only grow)."""
+        base = self.layout.buffering_base
+        self.values[base:base + len(BUFFERING)] = array("d", [*spooled_bytes, *spooled, memory,
+                                                               disk])
 
     def upstream_gauges(self, row: int, state: dict) -> None:
         base = self.layout.gauge_base + row * len(GAUGES)
