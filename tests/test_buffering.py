@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 from conftest import (
+    RawUpstream,
     connection_owner,
     free_port,
     read_head,
@@ -95,6 +96,14 @@ class OneAtATime:
                 extra += b"X-Accel-Buffering: no\r\n"
             if "events" in options:
                 extra = b"Content-Type: text/event-stream\r\n"
+            if "chunked" in options:  # in chunks of 100,000 bytes, then a trailer
+                conn.sendall(b"HTTP/1.1 200 OK\r\n" + extra + b"Transfer-Encoding: chunked\r\n"
+                             b"Connection: close\r\n\r\n")
+                for i in range(0, len(answer), 100_000):
+                    piece = answer[i:i + 100_000]
+                    conn.sendall(b"%x\r\n%b\r\n" % (len(piece), piece))
+                conn.sendall(b"0\r\nX-Sum: %s\r\n\r\n" % digest(answer).encode())
+                return
         else:
             answer, extra = b"ok", b""
         conn.sendall(b"HTTP/1.1 200 OK\r\n" + extra
@@ -195,6 +204,80 @@ def test_a_slow_reader_does_not_hold_the_upstream(site):
         f.close()
         a.close()
     assert len(got) == BIG and digest(got) == digest(up.big(BIG))
+
+
+def test_a_chunked_response_is_read_ahead_with_its_trailers(site):
+    port, up, _rex, _dir, _admin = site
+    a, f, head = slow_reader(port, "/big?chunked")
+    try:
+        assert b"transfer-encoding: chunked" in head.lower()
+        assert quick_get(port) < 1.0
+        parts = []
+        while size := int(f.readline(), 16):
+            parts.append(f.read(size))
+            f.read(2)
+        trailers = f.readline()
+        assert f.readline() == b"\r\n"
+    finally:
+        f.close()
+        a.close()
+    got = b"".join(parts)
+    assert len(got) == BIG and digest(got) == digest(up.big(BIG))
+    assert trailers == b"X-Sum: %s\r\n" % digest(got).encode()
+
+
+def keep_alive_upstream(served: list, written: list):
+    """A raw upstream that keeps its connection: 8 MiB for /big, "ok" for anything else."""
+    def handle(sock: socket.socket) -> None:
+        while True:
+            try:
+                head = recv_head(sock)
+            except ConnectionError:
+                return  # the pool let the connection go
+            served.append(head.split(b" ", 2)[1])
+            body = payload(BIG) if b"/big" in head.split(b"\r\n", 1)[0] else b"ok"
+            sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+            written.append(sock.getsockname()[1])
+
+    return handle
+
+
+def queued(port: int) -> int:
+    """Bytes waiting in the kernel on either end of the TCP connections to ``port``."""
+    total = 0
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local, remote = int(fields[1].split(":")[1], 16), int(fields[2].split(":")[1], 16)
+        if port in (local, remote):
+            tx, rx = (int(q, 16) for q in fields[4].split(":"))
+            total += tx + rx
+    return total
+
+
+def test_the_upstream_connection_is_pooled_as_soon_as_the_response_is_in(rex):
+    served: list[bytes] = []
+    written: list[int] = []
+    raw = RawUpstream(keep_alive_upstream(served, written))
+    try:
+        port = rex.serve({"/": raw.url}, """\
+            logging: {access: off}
+            workers: 1
+        """)
+        a, f, head = slow_reader(port, "/big")
+        try:
+            # The upstream wrote all 8 MiB and Rex read every byte of it: the response
+            # is in, while A is still stalled.
+            wait_for(lambda: written and not queued(raw.port), what="the response to be in")
+            # Its connection is free again: B's request rides it, no second connection.
+            assert quick_get(port, "/next") < 1.0
+            assert raw.connections == 1 and served == [b"/big", b"/next"]
+            got = resume(f, head)
+        finally:
+            f.close()
+            a.close()
+    finally:
+        raw.close()
+    assert digest(got) == digest(payload(BIG))
 
 
 @pytest.mark.parametrize("path", [

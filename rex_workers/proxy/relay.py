@@ -28,7 +28,7 @@ from ..http import deadline
 from ..http.h1read import BODY, END, HEAD, INFO, Response, ResponseReader
 from ..http.message import FileRegion, SocketSpan
 from ..http.request import Abort, HTTPError
-from ..http.wire import BLOCK_SIZE, READ_SIZE
+from ..http.wire import BLOCK_SIZE, QUIET, READ_SIZE, peek
 from . import headers
 from .spool import RESPONSE, Budget, Spool
 from .upstream import ConnectionPool, UpstreamError
@@ -207,8 +207,11 @@ class Relay:
                 and not ex.uploading and ex.upload_error is None):
             return False
         # Ended by the parser: only if the end came in data (not the upstream's
-        # close) and nothing followed it. Ended raw: the span was exactly the body.
-        return not (self._eof or reader.leftover) if reader.done else True
+        # close) and nothing followed it. Ended raw (a large body): only if nothing
+        # came after it, which one peek tells; an upstream still writing is let go.
+        if reader.done:
+            return not (self._eof or reader.leftover)
+        return peek(self.sock) == QUIET
 
     # -- the body, ahead of the client -----------------------------------------------------
     def stalled(self, span_left: int = 0, held: memoryview | bytes = b"") -> bool:
