@@ -1,14 +1,14 @@
-"""The HTTP/1.1 client connection: read requests, dispatch each, frame and write its response.
+"""The HTTP/1.1 client connection: read requests, dispatch each, answer it.
 
 Socket code, one greenlet per connection. ``ClientConn`` is the HTTP/1.1
-implementation of the response seam (``http.message.Stream``): responders hand
-it a ``Response`` and it alone decides the framing, keep-alive (draining
-included), HEAD and 204/304 suppression, and sends, with the write timeout on
-every write, sendfile and raw pump. It is the one place where an ``HTTPError``
-becomes an error page. Timeouts (SPEC §5): ``header`` for a whole request head
-(slowloris) and for the first request of a connection, ``idle`` between
-keep-alive requests, ``read`` for each body read and each write to a slow
-client (a client that stops reading is cut after it).
+implementation of the response seam (``http.message.Stream``): this module is
+its request half (parsing, bodies, the keep-alive loop, error pages) and
+``h1writer`` its response half (framing, keep-alive, every write). It is the one
+place where an ``HTTPError`` becomes an error page. Timeouts (SPEC §5):
+``header`` for a whole request head (slowloris) and for the first request of a
+connection, ``idle`` between keep-alive requests, ``read`` for each body read
+and each write to a slow client (a client that stops reading is cut after it),
+and ``limits.min_rate`` for a body or a response that trickles.
 """
 
 from __future__ import annotations
@@ -17,31 +17,18 @@ import time
 import traceback
 from collections.abc import Iterator, Sequence
 
-from rex_static.sendfile import more_flag, send_file
-
-from ..http import deadline, filters, h1write, pages
-from ..http.filters import Chain
+from ..http import deadline, h1write, pages
 from ..http.h1read import BODY, END, FAIL, HEAD, UPGRADE, RequestReader
-from ..http.h1write import CHUNKED, LENGTH, NO_BODY
-from ..http.message import (
-    FileRegion,
-    Filter,
-    Header,
-    Outcome,
-    Response,
-    SocketSpan,
-    Tunnel,
-)
+from ..http.message import Filter, Header, Outcome
 from ..http.request import Abort, HTTPError, Request, is_websocket, printable
-from ..http.wire import BLOCK_SIZE, READ_SIZE, send_all, send_now
-from .tunnel import tunnel
+from ..http.wire import READ_SIZE
+from .h1writer import H1Writer
 
 # After an error with unread request bytes, read (and drop) them this long
 # before closing: closing with unread data makes the kernel send a RST that can
 # destroy our error response before the client reads it (nginx: lingering_close).
 LINGER_TIME = 2.0
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
-_CRLF = b"\r\n"
 
 
 def _fails_before_end(events) -> bool:
@@ -54,7 +41,7 @@ def _fails_before_end(events) -> bool:
     return False
 
 
-class ClientConn:
+class ClientConn(H1Writer):
     """One accepted client socket and the requests on it (``Stream`` for each in turn).
 
     ``ctx`` is what the worker shares with every connection: ``timeouts``,
@@ -65,10 +52,8 @@ class ClientConn:
     """
 
     # Slots: ten thousand idle connections each hold one of these (no __dict__).
-    __slots__ = ("_body_done", "_body_seen", "_chain", "_expect", "_left", "_linger", "_mode",
-                 "_pending", "_slow", "_slow_sent", "_source", "addr", "ctx", "filters", "idle",
-                 "keep_alive", "listener", "outcome", "reader", "request", "served", "sock",
-                 "trailers")
+    __slots__ = ("_body_done", "_body_seen", "_expect", "_linger", "addr", "idle", "listener",
+                 "reader", "served", "trailers")
 
     def __init__(self, sock, addr, listener, ctx) -> None:
         self.sock = sock
@@ -93,13 +78,7 @@ class ClientConn:
         self._body_done = True
         self._body_seen = 0
         self._expect = False
-        self._mode = ""  # "" until a response head was committed
-        self._pending = b""  # response bytes not sent yet (the head waits for the body)
-        self._left = 0  # body bytes a Content-Length still allows
-        self._chain: Chain | None = None
-        self._source = None  # the streamed body being sent: told when the client stalls
-        self._slow = 0.0  # when this response first had to wait for the client
-        self._slow_sent = 0  # body bytes sent by then
+        self._clear_response()
 
     # -- the connection loop ----------------------------------------------------
     def serve(self) -> None:
@@ -371,263 +350,6 @@ class ClientConn:
                 data += payload
         return data
 
-    # -- responses (the Stream's response side) -------------------------------------
-    def start(self, response: Response) -> None:
-        """Commit the head of ``response``; it goes out with the first body bytes."""
-        req = self.request
-        if self.filters:
-            self._chain = filters.start(self.filters, req, response)
-        ctx = self.ctx
-        keep_alive = (self.keep_alive and req.keep_alive and self._body_done
-                      and not response.close and not ctx.draining)
-        mode, self.keep_alive = h1write.framing(req.method, req.version, response.status,
-                                                response.length, keep_alive)
-        self._mode = mode
-        self._left = response.length or 0
-        self._slow = 0.0
-        self.outcome.status = response.status
-        self._pending = h1write.head(response.status, response.headers, mode=mode,
-                                     length=response.length, keep_alive=self.keep_alive,
-                                     version=req.version, reason=response.reason)
-
-    def write(self, data: bytes) -> None:
-        """Body bytes of the started response; an empty write sends what is held."""
-        if self._chain is not None:
-            data = self._chain.feed(data)
-        self._put(data, True)
-
-    def end(self, trailers: Sequence[Header] = ()) -> None:
-        """The body is complete: send what is held, the last chunk and trailers."""
-        if self._chain is not None:
-            tail, self._chain = self._chain.finish(), None
-            self._put(tail, False)
-        mode = self._mode
-        out = self._pending
-        self._pending = b""
-        if mode == CHUNKED:
-            out += h1write.trailer_block(trailers)
-        elif mode == LENGTH and self._left:
-            # The client would wait for bytes that never come: closing ends it.
-            self._log_body(f"response body {self._left} bytes shorter than its Content-Length")
-            self.keep_alive = False
-        if out:
-            self._send(out)
-
-    def respond(self, response: Response) -> None:
-        """Send ``response`` whole: head, then its body by the fastest path this socket has."""
-        body = response.body
-        kind = type(body)
-        if kind is Tunnel:
-            self._tunnel(response, body)
-            return
-        self.start(response)
-        if self._chain is not None:
-            for data in filters.as_bytes(body):
-                self.write(data)
-        elif kind is bytes or kind is memoryview:
-            self._put(body, False)  # goes out with the head, in one send
-        elif kind is FileRegion:
-            self._send_region(body)
-        else:
-            self._stream(body)
-            self.end(getattr(body, "trailers", ()))
-            return
-        self.end()
-
-    def _stream(self, parts) -> None:
-        """A streamed source: bytes, file regions and raw spans as they come.
-
-        Bytes are held when the source says it is ``done``, so they go out with
-        the end of the body (one send for a small proxied answer). With no body
-        to send (HEAD, 204, 304) the source is still run to its end: a proxied
-        304 frees its upstream connection that way. A source with a ``stalled``
-        method hears when the client falls behind (``_slowed``).
-        """
-        self._source = parts
-        try:
-            for part in parts:
-                kind = type(part)
-                if kind is bytes or kind is memoryview:
-                    self._put(part, not getattr(parts, "done", False))
-                elif kind is FileRegion:
-                    self._send_region(part)
-                else:
-                    self._pump(part)
-                if getattr(parts, "done", False):
-                    break
-        finally:
-            self._source = None
-
-    def interim(self, status: int, headers: list[Header], reason: bytes = b"") -> None:
-        """A 1xx before the response (e.g. 103 Early Hints); never to HTTP/1.0 clients."""
-        if self.request.version == "1.1":
-            self._send(h1write.interim(status, headers, reason))
-
-    def _put(self, data, flush: bool) -> None:
-        """Frame ``data`` after what is held; send it all now when ``flush``."""
-        mode = self._mode
-        if data and mode != NO_BODY:  # HEAD, 204, 304: the head is all there is to send
-            if mode == LENGTH and len(data) > self._left:
-                # Extra bytes would be read as the next response (RFC 9112 §6.3).
-                self._log_body(f"response body longer than its Content-Length; "
-                               f"{len(data) - self._left} bytes dropped")
-                data = data[:self._left]
-            self._left -= len(data)
-            self.outcome.sent += len(data)
-            if mode == CHUNKED and data:
-                data = b"%x\r\n%b\r\n" % (len(data), data)
-            self._pending += data
-        if flush and self._pending:
-            data, self._pending = self._pending, b""
-            self._send(data)
-
-    def _send_region(self, region: FileRegion) -> None:
-        """A file region with sendfile (a copy where the socket cannot: TLS)."""
-        count = region.count
-        if self._mode == NO_BODY:
-            return
-        if self._mode == LENGTH and count > self._left:
-            self._log_body(f"response body longer than its Content-Length; "
-                           f"{count - self._left} bytes dropped")
-            count = self._left
-        if not count:
-            return
-        if self._mode == CHUNKED:
-            self._pending += b"%x\r\n" % count
-        self._left -= count
-        sock = self.sock
-        head, self._pending = self._pending, b""
-        if head:
-            self._send(head, more_flag(sock))
-        sent = send_file(sock, region.fd, region.offset, count, self._file_wait)
-        self.outcome.sent += sent
-        if sent < count:
-            # Content-Length promised more than the file now holds: the only
-            # honest end is to close the connection (RFC 9112 §6.3 framing).
-            self._log_body(f"file shrank while being sent ({sent} of {count} bytes)")
-            raise Abort()
-        if self._mode == CHUNKED:
-            self._pending = _CRLF
-
-    def _pump(self, span: SocketSpan) -> None:
-        """Relay ``span.count`` bytes from another socket as they come: no parser, one buffer.
-
-        Reads never go past the span, so bytes the peer sends after it stay in
-        its socket. A failed read cuts the response (``Abort``); a client that
-        stops reading is cut by the write timeout.
-        """
-        left = span.count
-        chunked = self._mode == CHUNKED
-        if chunked:
-            self._pending += b"%x\r\n" % left
-        head, self._pending = self._pending, b""
-        if head:
-            self._send(head)
-        buf = memoryview(bytearray(min(left, BLOCK_SIZE)))
-        sock, recv_into, timeout = self.sock, span.sock.recv_into, span.timeout
-        outcome = self.outcome
-        while left:
-            piece = buf[:left] if left < len(buf) else buf
-            try:
-                n = deadline.call(timeout, recv_into, piece)
-            except OSError:  # TimeoutError included
-                raise Abort() from None
-            if not n:
-                raise Abort()  # the peer closed in the middle of the body
-            left -= n
-            self._left -= n
-            outcome.sent += n
-            sent = send_now(sock, piece[:n])
-            if sent < n:
-                # The client is slower than the peer. A source that reads ahead takes
-                # over the rest of the span and what this piece still holds, so the
-                # buffer is let go (not mid-chunk: the chunk size has gone out).
-                if not chunked and self._slowed(left, piece[sent:n]):
-                    # Those bytes come back from the source: not sent yet after all.
-                    self._left += n - sent
-                    outcome.sent -= n - sent
-                    self._slow_sent = min(self._slow_sent, outcome.sent)
-                    return
-                self._slowed()
-                self._send_rest(piece[sent:n])
-        if chunked:
-            self._pending = _CRLF
-
-    def _tunnel(self, response: Response, tun: Tunnel) -> None:
-        """Send the 101 and what followed it, then pump until either side closes."""
-        self.keep_alive = False
-        self.outcome.status = response.status
-        self._mode = NO_BODY
-        self._send(h1write.head(response.status, response.headers, mode=NO_BODY, length=None,
-                                keep_alive=False, version="1.1", reason=response.reason,
-                                upgrade=tun.protocol) + tun.early)
-        early = self._take_upgrade_data()
-        if early:
-            send_all(tun.peer, early)
-        tunnel(self.sock, tun.peer, self.ctx.tunnels)
-
-    def _send(self, data, flags: int = 0) -> None:
-        """Send all of ``data``; what the client does not take at once waits (``_send_rest``)."""
-        sent = send_now(self.sock, data, flags)
-        if sent < len(data):
-            self._slowed()
-            self._send_rest(memoryview(data)[sent:])
-
-    def _send_rest(self, view: memoryview) -> None:
-        sock = self.sock
-        while view:
-            sock.settimeout(self._write_wait())  # the client is slow: only now does it matter
-            view = view[sock.send(view):]
-
-    def _slowed(self, span_left: int = 0, held: memoryview | bytes = b"") -> bool:
-        """The client cannot take what we send now: start its clock, tell the source.
-
-        True when the source reads ahead itself from now on: the ``held`` bytes
-        first, then the ``span_left`` bytes of its span the connection had not read.
-        """
-        if not self._slow:
-            self._slow = time.monotonic()
-            self._slow_sent = self._sent()
-        source = self._source
-        if source is None:
-            return False
-        stalled = getattr(source, "stalled", None)
-        if stalled is not None and stalled(span_left, held):
-            self._source = None  # the source reads ahead now: once is enough
-            return True
-        return False
-
-    def _write_wait(self, sending: int = 0) -> float:
-        """Seconds the next wait for the client may take: ``timeouts.read``, and less when
-        the response falls below ``limits.min_rate`` since the client first fell behind."""
-        ctx = self.ctx
-        read = ctx.timeouts.read
-        rate = ctx.limits.min_rate
-        if not rate or not self._slow:
-            return read
-        sent = self._sent() + sending - self._slow_sent
-        allowed = self._slow + read + sent / rate - time.monotonic()
-        if allowed <= 0:
-            raise TimeoutError("client reading slower than limits.min_rate")
-        return min(read, allowed)
-
-    def _file_wait(self, sent: int) -> float:
-        """The sendfile pump's wait for the client (``sent``: bytes of this region so far)."""
-        if not self._slow:
-            self._slow = time.monotonic()
-            self._slow_sent = self._sent() + sent
-        return self._write_wait(sent)
-
-    def _sent(self) -> int:
-        outcome = self.outcome
-        return outcome.sent if outcome is not None else 0  # None: a page for a broken request
-
-    def _log_body(self, message: str) -> None:
-        req = self.request
-        self.log_error(f"{message} ({req.method} {printable(req.raw_path)}, "
-                       f"{self.outcome.upstream})")
-
-    # -- closing ------------------------------------------------------------------
     def _drop_reader(self) -> None:
         if self.reader is not None:
             self.reader.release()  # no cycle left for the garbage collector
