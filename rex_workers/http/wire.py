@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import socket as _stdsocket
 
-from gevent.socket import socket as _GeventSocket
+from gevent.socket import socket as PlainSocket  # gevent's, over a non-blocking OS socket
 
 READ_SIZE = 65536
 # The one size of a large copy: a raw relay's reads, file blocks where sendfile
@@ -30,7 +30,7 @@ def send_now(sock, data, flags: int = 0) -> int:
     socket (which encrypts in user space) or any other kind goes through its own
     ``send``, which may wait.
     """
-    if type(sock) is _GeventSocket:
+    if type(sock) is PlainSocket:
         try:
             return sock._sock.send(data, flags)
         except (BlockingIOError, InterruptedError):

@@ -15,6 +15,8 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 
+from gevent.socket import wait_write
+
 from rex_static.sendfile import more_flag, send_file
 
 from ..http import deadline, filters, h1write
@@ -22,10 +24,17 @@ from ..http.filters import Chain
 from ..http.h1write import CHUNKED, LENGTH, NO_BODY
 from ..http.message import FileRegion, Filter, Header, Outcome, Response, SocketSpan, Tunnel
 from ..http.request import Abort, Request, printable
-from ..http.wire import BLOCK_SIZE, send_all, send_now
+from ..http.wire import BLOCK_SIZE, PlainSocket, send_all, send_now
 from .tunnel import tunnel
 
 _CRLF = b"\r\n"
+# How long a client may keep its buffer full before it counts as slow: long enough
+# for a busy machine to schedule a fast reader, short next to any timeout.
+STALL_GRACE = 0.1
+
+
+class _Late(Exception):
+    """The client made no room within ``STALL_GRACE``."""
 
 
 class H1Writer:
@@ -223,7 +232,10 @@ class H1Writer:
             self._left -= n
             outcome.sent += n
             sent = send_now(sock, piece[:n])
-            if sent < n:
+            while sent < n:
+                if self._keeps_up():
+                    sent += send_now(sock, piece[sent:n])
+                    continue
                 # The client is slower than the peer. A source that reads ahead takes
                 # over the rest of the span and what this piece still holds, so the
                 # buffer is let go (not mid-chunk: the chunk size has gone out).
@@ -235,6 +247,7 @@ class H1Writer:
                     return
                 self._slowed()
                 self._send_rest(piece[sent:n])
+                break
         if chunked:
             self._pending = _CRLF
 
@@ -253,10 +266,32 @@ class H1Writer:
 
     def _send(self, data, flags: int = 0) -> None:
         """Send all of ``data``; what the client does not take at once waits (``_send_rest``)."""
-        sent = send_now(self.sock, data, flags)
-        if sent < len(data):
-            self._slowed()
-            self._send_rest(memoryview(data)[sent:])
+        sock = self.sock
+        if type(sock) is not PlainSocket:
+            sock.settimeout(self._write_wait())  # a TLS socket's send waits itself
+        sent = send_now(sock, data, flags)
+        while sent < len(data):
+            if not self._keeps_up():
+                self._slowed()
+                self._send_rest(memoryview(data)[sent:])
+                return
+            sent += send_now(sock, memoryview(data)[sent:], flags)
+
+    def _keeps_up(self) -> bool:
+        """The client's buffer was full: does it make room within ``STALL_GRACE``?
+
+        A full buffer alone is every bulk transfer's normal state; a client that
+        keeps it full for a while is slower than its upstream (or gone): only
+        then is it treated as slow. A TLS client gets no grace.
+        """
+        sock = self.sock
+        if type(sock) is not PlainSocket:
+            return False
+        try:
+            wait_write(sock.fileno(), timeout=STALL_GRACE, timeout_exc=_Late)
+        except _Late:
+            return False
+        return True
 
     def _send_rest(self, view: memoryview) -> None:
         sock = self.sock
