@@ -31,7 +31,7 @@ from ..http.wire import send_all
 from . import headers
 from .balancer import UpstreamGroup
 from .headers import TrustedProxies
-from .relay import Buffers, Relay, UpstreamConn
+from .relay import Buffers, Relay
 from .spool import Spool
 from .upstream import ConnectionPool, UpstreamError, abort
 
@@ -125,11 +125,51 @@ class Proxy:
         route = target.route
         if body is None and not req.upgrade and (route is None or route.buffer_requests):
             body = self._read_body(stream)
+        group = target.group
+        retries = route.retries if route else 1
+        tried: set[str] = set()
+        sent_attempts = 0  # attempts that reached an upstream: only these use up ``retries``
+        idempotent = req.method in IDEMPOTENT
+        outcome = stream.outcome
+        last: UpstreamError | None = None
+        upstream_time = 0.0
         try:
-            self._forward(ex, body)
+            while (up := group.choose(req.client_addr[0], tried)) is not None:
+                key = up.key
+                tried.add(key)
+                ex.up = up
+                outcome.upstream = key
+                group.acquire(up)
+                started = time.monotonic()
+                ex.upstream_end = 0.0
+                try:
+                    self._attempt(ex, up, body, idempotent)
+                except UpstreamError as exc:
+                    group.failed(up)
+                    last = exc
+                    stream.log_error(f"upstream {key}: {exc.reason} "
+                                     f"({req.method} {printable(req.raw_path)})")
+                    sent_attempts += exc.sent
+                    if (ex.responded or ex.body_started or not exc.retry
+                            or (exc.sent and not idempotent) or sent_attempts > retries):
+                        # Nothing can be replayed: the body is gone, the upstream may
+                        # have acted on a non-idempotent request, or it timed out (SPEC §5).
+                        break
+                else:
+                    group.succeeded(up)
+                    return
+                finally:
+                    group.release(up)
+                    # Until the upstream was done: a response read ahead of a slow
+                    # client counts the upstream's time, not the client's.
+                    upstream_time += (ex.upstream_end or time.monotonic()) - started
+                    outcome.upstream_time = upstream_time
         finally:
             if type(body) is Spool:
                 body.close()
+        error = HTTPError(last.reason, last.status) if last else HTTPError("no live upstream", 502)
+        error.close = False  # the client's request was whole: its connection is still good
+        raise error
 
     def _read_body(self, stream: Stream) -> Spool:
         """The whole request body, before any upstream hears of it (``buffer_requests``)."""
@@ -147,50 +187,6 @@ class Proxy:
         spool.end()
         return spool
 
-    def _forward(self, ex: Exchange, body) -> None:
-        stream, req, target = ex.stream, ex.req, ex.target
-        group = target.group
-        retries = target.route.retries if target.route else 1
-        tried: set[str] = set()
-        sent_attempts = 0  # attempts that reached an upstream: only these use up ``retries``
-        idempotent = req.method in IDEMPOTENT
-        outcome = stream.outcome
-        last: UpstreamError | None = None
-        upstream_time = 0.0
-        while (up := group.choose(req.client_addr[0], tried)) is not None:
-            key = up.key
-            tried.add(key)
-            ex.up = up
-            outcome.upstream = key
-            group.acquire(up)
-            started = time.monotonic()
-            ex.upstream_end = 0.0
-            try:
-                self._attempt(ex, up, body, idempotent)
-            except UpstreamError as exc:
-                group.failed(up)
-                last = exc
-                stream.log_error(f"upstream {key}: {exc.reason} "
-                                 f"({req.method} {printable(req.raw_path)})")
-                sent_attempts += exc.sent
-                if (ex.responded or ex.body_started or not exc.retry
-                        or (exc.sent and not idempotent) or sent_attempts > retries):
-                    # Nothing can be replayed: the body is gone, the upstream may
-                    # have acted on a non-idempotent request, or it timed out (SPEC §5).
-                    break
-            else:
-                group.succeeded(up)
-                return
-            finally:
-                group.release(up)
-                # Until the upstream was done: a response read ahead of a slow client
-                # counts the upstream's time, not the client's.
-                upstream_time += (ex.upstream_end or time.monotonic()) - started
-                outcome.upstream_time = upstream_time
-        error = HTTPError(last.reason, last.status) if last else HTTPError("no live upstream", 502)
-        error.close = False  # the client's request was whole: its connection is still good
-        raise error
-
     def _attempt(self, ex: Exchange, up: Upstream, body, idempotent: bool) -> None:
         """One upstream: send, relay; a stale pooled connection is retried once, fresh."""
         req, target, stream = ex.req, ex.target, ex.stream
@@ -199,7 +195,10 @@ class Proxy:
         strip = target.strip_segments
         if up.base_path or (strip and route and route.strip_prefix):
             path = rewrite(path, strip, up.base_path)
-        parts, length, chunked = _request_body(body, req, stream.trailers)
+        if type(body) is tuple:  # no body (or an announced empty one): the common case
+            parts, length, chunked = (), req.content_length, False
+        else:
+            parts, length, chunked = _request_body(body, req, stream.trailers)
         head = headers.request_head(
             req, path + b"?" + req.query if req.query else path, up,
             preserve_host=bool(route and route.preserve_host),
@@ -218,24 +217,25 @@ class Proxy:
             else:
                 reader.reset(head_request)
             sock.settimeout(target.timeouts.read)
-            conn = UpstreamConn(pool, up, sock, reader)
+            relay = Relay(ex, pool, up, sock, reader, buffers)
             try:
-                _exchange(ex, conn, head, parts, body is None, buffers)
+                _exchange(ex, relay, head, parts, body is None)
                 return
             except UpstreamError as exc:
-                conn.release(False)
+                relay.release(False)
                 if exc.stale and reused and replayable and not fresh:
                     continue  # the upstream closed this idle connection: try a new one
                 raise
             except BaseException:
-                conn.release(False)
+                relay.release(False)
                 raise
             finally:
-                ex.upstream_end = conn.done_at
+                ex.upstream_end = relay.done_at
 
 
 def _request_body(body, req: Request, trailers: list) -> tuple[list, int | None, bool]:
-    """(what follows the head, the Content-Length to send, whether to send it chunked).
+    """(what follows the head, the Content-Length to send, whether to send it chunked)
+    for a body that was (``list``, ``Spool``) or is (None) on its way.
 
     A whole body goes with its length, also one that came chunked (RFC 9112 §6.3)
     unless it had trailers, which only chunked framing can carry on. A body still
@@ -243,8 +243,6 @@ def _request_body(body, req: Request, trailers: list) -> tuple[list, int | None,
     """
     if body is None:
         return [], req.content_length, req.chunked
-    if not req.has_body:  # none, or an announced empty one (``Content-Length: 0``)
-        return [], req.content_length, False
     parts = body.parts() if type(body) is Spool else list(body)
     if not req.chunked or not trailers:
         length = sum(p.count if type(p) is FileRegion else len(p) for p in parts)
@@ -270,16 +268,18 @@ def _answer_here(req: Request, target: Target) -> Answer:
     return pages.response(200, b"", headers=(("Allow", allow),), content_type=b"text/plain")
 
 
-def _exchange(ex: Exchange, conn: UpstreamConn, head: bytes, parts: list, streaming: bool,
-              buffers: Buffers | None) -> None:
-    """Send the request, hand the response to the stream; ``conn`` is released, once."""
+def _exchange(ex: Exchange, relay: Relay, head: bytes, parts: list, streaming: bool) -> None:
+    """Send the request, hand the response to the stream; the upstream connection is released,
+    once, by ``relay``."""
     stream = ex.stream
-    sock = conn.sock
+    sock = relay.sock
     uploader = None
     # What is in memory goes with the head; a body spooled to disk follows from a
     # greenlet of its own, so the response is read meanwhile (an upstream that
     # answers while it reads, as an echo does, never deadlocks).
-    split = next((n for n, part in enumerate(parts) if type(part) is FileRegion), len(parts))
+    split = len(parts)
+    if parts:
+        split = next((n for n, part in enumerate(parts) if type(part) is FileRegion), split)
     try:
         send_all(sock, b"".join([head, *parts[:split]]) if split else head)
     except OSError as exc:
@@ -296,7 +296,6 @@ def _exchange(ex: Exchange, conn: UpstreamConn, head: bytes, parts: list, stream
         # Only this greenlet uses the socket now: its reads get a cheap deadline
         # instead of the socket's timeout (``deadline``); the pool sets it back.
         sock.settimeout(None)
-    relay = Relay(ex, conn, buffers)
     try:
         resp = relay.head()
         fields = headers.response_fields(resp, ex.location)
@@ -304,9 +303,9 @@ def _exchange(ex: Exchange, conn: UpstreamConn, head: bytes, parts: list, stream
         if resp.upgrade:
             if not ex.req.upgrade:
                 raise Abort()  # checked in head(): unreachable, but never tunnel unasked
-            reader = conn.reader
-            early = b"".join(p for kind, p in reader.events if kind == UPGRADE)
-            reader.events.clear()
+            events = relay.reader.events
+            early = b"".join(p for kind, p in events if kind == UPGRADE)
+            events.clear()
             stream.respond(Answer(101, fields, Tunnel(sock, early), reason=resp.reason))
             return  # the tunnel is over: ``close`` below closes the socket
         stream.respond(Answer(resp.status, fields, relay, resp.content_length,

@@ -42,35 +42,6 @@ if TYPE_CHECKING:
 PUMP_MIN = 256 * 1024
 
 
-class UpstreamConn:
-    """One upstream connection in use: given back to the pool, or closed, exactly once."""
-
-    __slots__ = ("done_at", "pool", "reader", "sock", "up")
-
-    def __init__(self, pool: ConnectionPool, up: Upstream, sock, reader: ResponseReader) -> None:
-        self.pool = pool
-        self.up = up
-        self.sock = sock
-        self.reader = reader
-        self.done_at = 0.0  # when the upstream's part was over (the access log's upstream time)
-
-    def release(self, reusable: bool) -> None:
-        sock = self.sock
-        if sock is None:
-            return
-        self.sock = None
-        self.done_at = time.monotonic()
-        reader = self.reader
-        # The reader stays with a pooled connection when llhttp is at the next response.
-        kept = reusable and reader.reusable()
-        if reusable:
-            self.pool.put(self.up, sock, reader if kept else None)
-        else:
-            sock.close()
-        if not kept:
-            reader.release()
-
-
 class Buffers:
     """A worker's buffering settings and the budget its spools share."""
 
@@ -92,21 +63,27 @@ class Buffers:
 
 
 class Relay:
-    """The response of one attempt, as the connection pulls it (see the module docstring).
+    """One attempt's upstream connection and its response, as the connection pulls it.
 
     ``done``: no more parts are coming (the connection sends what it holds with
-    the end of the body); ``trailers`` are set at the end.
+    the end of the body); ``trailers`` are set at the end. The upstream
+    connection is released exactly once (``release``): back to the pool when
+    its response was read whole and cleanly, else closed.
     """
 
-    __slots__ = ("_ahead", "_buffers", "_complete", "_eof", "_first", "_raw_left", "_read_any",
-                 "_received", "_span_out", "_spool", "_timeout", "conn", "done", "ex", "reader",
-                 "sock", "trailers")
+    __slots__ = ("_ahead", "_buffers", "_complete", "_eof", "_first", "_pool", "_raw_left",
+                 "_read_any", "_received", "_released", "_span_out", "_spool", "_timeout",
+                 "done", "done_at", "ex", "reader", "sock", "trailers", "up")
 
-    def __init__(self, ex: Exchange, conn: UpstreamConn, buffers: Buffers | None) -> None:
+    def __init__(self, ex: Exchange, pool: ConnectionPool, up: Upstream, sock,
+                 reader: ResponseReader, buffers: Buffers | None) -> None:
         self.ex = ex
-        self.conn = conn
-        self.sock = conn.sock
-        self.reader = conn.reader
+        self._pool = pool
+        self.up = up
+        self.sock = sock
+        self.reader = reader
+        self._released = False
+        self.done_at = 0.0  # when the upstream's part was over (the access log's upstream time)
         self._buffers = buffers  # None: buffer_responses is off for this route
         # None: an upload shares the socket, and the socket's own timeout applies.
         self._timeout = None if ex.uploading else ex.target.timeouts.read
@@ -229,7 +206,7 @@ class Relay:
             return False
         if self._complete and not span_left:
             # Everything is in hand already: the upstream connection can go now.
-            self.conn.release(self.reusable())
+            self.release(self.reusable())
             return False
         self._raw_left = span_left
         self._span_out = False
@@ -273,10 +250,10 @@ class Relay:
             self._read_raw(spool)
             self._complete = True
             spool.end()
-            self.conn.release(self.reusable())
+            self.release(self.reusable())
         except (Abort, HTTPError, UpstreamError, OSError) as exc:
             spool.fail(exc)  # the client gets what came, then the cut
-            self.conn.release(False)
+            self.release(False)
 
     def _read_raw(self, spool: Spool) -> None:
         sock, timeout = self.sock, self._timeout
@@ -335,7 +312,23 @@ class Relay:
             self._ahead.kill()  # still reading (the client went away): closes below
         if self._spool is not None:
             self._spool.close()
-        self.conn.release(self.reusable())
+        self.release(self.reusable())
+
+    def release(self, reusable: bool) -> None:
+        """Pool the upstream connection (``reusable``) or close it; only the first call counts."""
+        if self._released:
+            return
+        self._released = True
+        self.done_at = time.monotonic()
+        reader = self.reader
+        # The reader stays with a pooled connection when llhttp is at the next response.
+        kept = reusable and reader.reusable()
+        if reusable:
+            self._pool.put(self.up, self.sock, reader if kept else None)
+        else:
+            self.sock.close()
+        if not kept:
+            reader.release()
 
 
 def _fail(ex: Exchange, exc: UpstreamError) -> None:
