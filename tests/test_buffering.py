@@ -17,6 +17,8 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import pytest
@@ -162,15 +164,20 @@ def quick_get(port: int, path: str = "/small", timeout: float = 1.0) -> float:
     return time.monotonic() - started
 
 
-def slow_reader(port: int, path: str) -> tuple[socket.socket, object, bytes]:
-    """A client that asks for ``path``, reads the head and a little, then stops reading."""
+@contextmanager
+def slow_reader(port: int, path: str) -> Iterator[tuple[socket.socket, object, bytes]]:
+    """A client that asks for ``path``, reads the head, then stops reading; closed after."""
     s = socket.create_connection(("127.0.0.1", port), timeout=10)
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
-    s.sendall(b"GET %s HTTP/1.1\r\nHost: a\r\n\r\n" % path.encode())
     f = s.makefile("rb")
-    head = read_head(f)
-    assert head.startswith(b"HTTP/1.1 200 ")
-    return s, f, head
+    try:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+        s.sendall(b"GET %s HTTP/1.1\r\nHost: a\r\n\r\n" % path.encode())
+        head = read_head(f)
+        assert head.startswith(b"HTTP/1.1 200 ")
+        yield s, f, head
+    finally:
+        f.close()
+        s.close()
 
 
 def resume(f, head: bytes) -> bytes:
@@ -196,20 +203,15 @@ def test_a_slow_uploader_does_not_hold_the_upstream(site):
 
 def test_a_slow_reader_does_not_hold_the_upstream(site):
     port, up, _rex, _dir, _admin = site
-    a, f, head = slow_reader(port, "/big")
-    try:
+    with slow_reader(port, "/big") as (_a, f, head):
         assert quick_get(port) < 1.0  # the upstream handed its 8 MiB over and moved on
         got = resume(f, head)
-    finally:
-        f.close()
-        a.close()
     assert len(got) == BIG and digest(got) == digest(up.big(BIG))
 
 
 def test_a_chunked_response_is_read_ahead_with_its_trailers(site):
     port, up, _rex, _dir, _admin = site
-    a, f, head = slow_reader(port, "/big?chunked")
-    try:
+    with slow_reader(port, "/big?chunked") as (_a, f, head):
         assert b"transfer-encoding: chunked" in head.lower()
         assert quick_get(port) < 1.0
         parts = []
@@ -218,9 +220,6 @@ def test_a_chunked_response_is_read_ahead_with_its_trailers(site):
             f.read(2)
         trailers = f.readline()
         assert f.readline() == b"\r\n"
-    finally:
-        f.close()
-        a.close()
     got = b"".join(parts)
     assert len(got) == BIG and digest(got) == digest(up.big(BIG))
     assert trailers == b"X-Sum: %s\r\n" % digest(got).encode()
@@ -263,8 +262,7 @@ def test_the_upstream_connection_is_pooled_as_soon_as_the_response_is_in(rex):
             logging: {access: off}
             workers: 1
         """)
-        a, f, head = slow_reader(port, "/big")
-        try:
+        with slow_reader(port, "/big") as (_a, f, head):
             # The upstream wrote all 8 MiB and Rex read every byte of it: the response
             # is in, while A is still stalled.
             wait_for(lambda: written and not queued(raw.port), what="the response to be in")
@@ -272,9 +270,6 @@ def test_the_upstream_connection_is_pooled_as_soon_as_the_response_is_in(rex):
             assert quick_get(port, "/next") < 1.0
             assert raw.connections == 1 and served == [b"/big", b"/next"]
             got = resume(f, head)
-        finally:
-            f.close()
-            a.close()
     finally:
         raw.close()
     assert digest(got) == digest(payload(BIG))
@@ -287,17 +282,13 @@ def test_the_upstream_connection_is_pooled_as_soon_as_the_response_is_in(rex):
 ], ids=["route-off", "x-accel-buffering", "event-stream"])
 def test_what_is_not_buffered_holds_the_upstream_as_before(site, path):
     port, up, _rex, _dir, _admin = site
-    a, f, head = slow_reader(port, path)
-    try:
+    with slow_reader(port, path) as (_a, f, head):
         assert b"x-accel-buffering" not in head.lower()  # the upstream's word to Rex only
         with pytest.raises(TimeoutError):
             # The upstream is still writing to A, as a sync worker would. (A resumes
             # within the module's 1 s read timeout, or Rex would rightly cut it.)
             quick_get(port, timeout=0.5)
         got = resume(f, head)
-    finally:
-        f.close()
-        a.close()
     assert len(got) == HELD and digest(got) == digest(up.big(HELD))
 
 
@@ -385,17 +376,13 @@ def test_a_body_trickled_below_the_minimum_rate_is_cut_with_a_408(site):
 def test_a_reader_below_the_minimum_rate_is_cut(site):
     port, _up, rex, _dir, _admin = site
     worker = rex.workers()[0]
-    a, f, _head = slow_reader(port, "/big")
-    client_port = a.getsockname()[1]
-    started = time.monotonic()
-    try:
+    with slow_reader(port, "/big") as (a, _f, _head):
+        client_port = a.getsockname()[1]
+        started = time.monotonic()
         while connection_owner(port, client_port, [worker]) is not None:
             assert time.monotonic() - started < 6, "a trickling reader was kept"
             a.recv(100)  # about 300 bytes/s: each wait in time, the rate far below 1k
             time.sleep(0.3)
-    finally:
-        f.close()
-        a.close()
 
 
 # -- many slow readers: memory bounded, temp files with no name, gone after ---------------------
@@ -435,13 +422,13 @@ def patient(rex, tmp_path):
 def test_two_hundred_slow_readers_go_to_disk_and_leave_nothing_behind(patient):
     port, up, rex, spool_dir, admin = patient
     worker = rex.workers()[0]
-    readers = []
     quick_get(port)  # the worker has served once: its baseline memory is warm
     base = rss_kb(worker)
     peak = base
-    try:
+    with ExitStack() as stack:
+        readers = []
         for _ in range(200):
-            readers.append(slow_reader(port, "/big"))
+            readers.append(stack.enter_context(slow_reader(port, "/big")))
             peak = max(peak, rss_kb(worker))
         # Each response past the 64 KiB memory budget waits in a temp file of its own.
         wait_for(lambda: spool_files(worker, spool_dir) >= 190, timeout=20,
@@ -453,10 +440,6 @@ def test_two_hundred_slow_readers_go_to_disk_and_leave_nothing_behind(patient):
         for _s, f, head in readers:
             got = resume(f, head)
             assert len(got) == BIG and digest(got) == want
-    finally:
-        for s, f, _head in readers:
-            f.close()
-            s.close()
     print(f"200 slow readers of 8 MiB: worker RSS {base} -> {peak} KiB")
     # The bound: the worker's 8 MiB memory budget, plus per connection a greenlet, its
     # objects and read buffers (about 100 KiB each), with room for the allocator.

@@ -134,17 +134,23 @@ def test_declared_body_over_limit_is_413_before_any_byte(site):
     assert len(api.requests) == before
 
 
-def test_chunked_body_over_limit_is_413(site):
-    port, _ = site
+def post_chunked_over_limit(port: int, path: str) -> int:
+    """The status of a POST whose chunked body runs past the 64 KiB limit."""
     chunk = b"%x\r\n%s\r\n" % (16384, b"x" * 16384)
     with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
-        s.sendall(b"POST /drain HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n")
+        s.sendall(b"POST %s HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+                  % path.encode())
         try:
             for _ in range(5):  # 80 KiB > 64 KiB
                 s.sendall(chunk)
         except OSError:
             pass  # refused mid-body: the reply is what matters
-        assert read_reply(s.makefile("rb")).status == 413
+        return read_reply(s.makefile("rb")).status
+
+
+def test_chunked_body_over_limit_is_413(site):
+    port, _ = site
+    assert post_chunked_over_limit(port, "/drain") == 413
     # The upstream saw the start of the body as it streamed, never its end: Rex
     # hung up on it instead of sending the last chunk.
     seen = wait_for(lambda: DRAINED and DRAINED[-1], what="the upstream to be hung up on")
@@ -155,15 +161,7 @@ def test_chunked_body_over_limit_is_413(site):
 def test_buffered_chunked_body_over_limit_is_413_and_no_upstream_hears_of_it(site):
     port, api = site
     before = len(api.requests)
-    chunk = b"%x\r\n%s\r\n" % (16384, b"x" * 16384)
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
-        s.sendall(b"POST /buffered HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n")
-        try:
-            for _ in range(5):  # 80 KiB > 64 KiB
-                s.sendall(chunk)
-        except OSError:
-            pass  # refused mid-body: the reply is what matters
-        assert read_reply(s.makefile("rb")).status == 413
+    assert post_chunked_over_limit(port, "/buffered") == 413
     assert len(api.requests) == before  # the body was read here, and refused here
 
 

@@ -13,85 +13,28 @@ client when it may; after a 101 it is a ``Tunnel``.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
-from urllib.parse import quote
 
 import gevent
 
 from rex_static.sendfile import send_file
 
-from ..config.model import Route, Timeouts, Upstream
+from ..config.model import Upstream
 from ..http import h1write, pages
 from ..http.h1read import UPGRADE, ResponseReader
 from ..http.message import FileRegion, Stream, Tunnel
 from ..http.message import Response as Answer
 from ..http.request import Abort, HTTPError, Request, printable
-from ..http.urlpath import PATH_SAFE, rewrite
+from ..http.urlpath import rewrite
 from ..http.wire import send_all
 from . import headers
-from .balancer import UpstreamGroup
 from .headers import TrustedProxies
 from .relay import Buffers, Relay
 from .spool import Spool
+from .state import Exchange, Target
 from .upstream import ConnectionPool, UpstreamError, abort
 
 # RFC 9110 §9.2.2; these may be sent again when a first attempt got no answer.
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
-
-
-@dataclass(frozen=True, slots=True)
-class Target:
-    """Where the proxy sends one request. Shared by every request to the same route."""
-
-    group: UpstreamGroup
-    route: Route | None
-    strip_segments: int
-    timeouts: Timeouts
-
-
-class Exchange:
-    """State of one request on its way through (possibly several) upstreams."""
-
-    __slots__ = (
-        "body_flowing",
-        "body_started",
-        "proxy",
-        "req",
-        "responded",
-        "stream",
-        "target",
-        "up",
-        "upload_error",
-        "uploading",
-        "upstream_end",
-    )
-
-    def __init__(self, proxy: Proxy, stream: Stream, target: Target) -> None:
-        self.proxy = proxy
-        self.stream = stream
-        self.req = stream.request
-        self.target = target
-        self.up: Upstream | None = None
-        self.body_started = False  # a byte of a streamed body was taken from the client
-        self.body_flowing = False  # the uploader greenlet is still moving the body
-        self.responded = False  # the response head was handed to the client
-        self.upload_error: HTTPError | None = None  # the client's body failed
-        self.uploading = False  # a streamed body is still on its way
-        self.upstream_end = 0.0  # when the last attempt's upstream was done with
-
-    def location(self, value: bytes) -> bytes:
-        """``Location`` as the client should see it (SPEC §5); only called when present."""
-        up, req, target = self.up, self.req, self.target
-        base = up.base_path.encode()
-        strip = target.strip_segments
-        route = target.route
-        if strip and ((route and route.strip_prefix) or base):
-            segments = req.path.split("/")[1:strip + 1]
-            prefix = quote("/" + "/".join(segments), safe=PATH_SAFE).encode()
-        else:
-            prefix = b"" if base else None
-        return headers.rewrite_location(value, headers.upstream_origins(up), base,
-                                        self.proxy.public_origin(req), prefix)
 
 
 class Proxy:
@@ -104,21 +47,13 @@ class Proxy:
         self.header_limit = header_limit
         self.buffers = buffers
 
-    def public_origin(self, req: Request) -> bytes:
-        """scheme://host the client used; a trusted proxy's X-Forwarded-* win (SPEC §5)."""
-        proto, host = req.scheme.encode(), req.header(b"host")
-        if req.client_addr[0] in self.trusted:
-            proto = (req.header(b"x-forwarded-proto") or proto).split(b",")[0].strip()
-            host = (req.header(b"x-forwarded-host") or host or b"").split(b",")[0].strip()
-        return proto + b"://" + host if host else b""
-
     def forward(self, stream: Stream, target: Target) -> None:
         """Proxy the stream's request. Raises HTTPError when no upstream answered it."""
         req = stream.request
         if headers.max_forwards_exhausted(req):
             stream.respond(_answer_here(req, target))
             return
-        ex = Exchange(self, stream, target)
+        ex = Exchange(stream, target, self.trusted)
         # Small bodies have usually arrived with the head: take them now, so head and
         # body go out in one write and can be replayed on another connection.
         body = stream.buffered_body() if req.has_body else ()

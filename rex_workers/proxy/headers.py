@@ -87,6 +87,15 @@ def host_header(up: Upstream) -> bytes:
     return (host if up.port == default else f"{host}:{up.port}").encode()
 
 
+def public_origin(req: Request, trusted: TrustedProxies) -> bytes:
+    """scheme://host the client used; a trusted proxy's X-Forwarded-* win (SPEC §5)."""
+    proto, host = req.scheme.encode(), req.header(b"host")
+    if req.client_addr[0] in trusted:
+        proto = (req.header(b"x-forwarded-proto") or proto).split(b",")[0].strip()
+        host = (req.header(b"x-forwarded-host") or host or b"").split(b",")[0].strip()
+    return proto + b"://" + host if host else b""
+
+
 def request_head(
     req: Request,
     target: bytes,

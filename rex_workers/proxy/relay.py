@@ -31,11 +31,11 @@ from ..http.request import Abort, HTTPError
 from ..http.wire import BLOCK_SIZE, QUIET, READ_SIZE, peek
 from . import headers
 from .spool import RESPONSE, Budget, Spool
+from .state import Exchange
 from .upstream import ConnectionPool, UpstreamError
 
 if TYPE_CHECKING:
     from ..config.model import Upstream
-    from .exchange import Exchange
 
 # What is left of a Content-Length body from this size on is moved raw (a
 # ``SocketSpan``, or raw reads when reading ahead): no parser, no events.

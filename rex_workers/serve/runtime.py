@@ -19,9 +19,10 @@ from ..config.routing import RouteTable, VirtualHosts
 from ..http.message import Outcome
 from ..http.request import Request
 from ..proxy.balancer import UpstreamGroup
-from ..proxy.exchange import Proxy, Target
+from ..proxy.exchange import Proxy
 from ..proxy.headers import TrustedProxies
 from ..proxy.relay import Buffers
+from ..proxy.state import Target
 from ..proxy.upstream import ConnectionPool
 from ..shared.metrics import NOT_ROUTED, Layout, Recorder, route_label
 from .accesslog import Log

@@ -21,7 +21,8 @@ from ..http.message import Filter, RequestRule, Response, Stream
 from ..http.request import HTTPError, Request
 from ..http.urlpath import normalize
 from ..proxy.balancer import UpstreamGroup
-from ..proxy.exchange import Proxy, Target
+from ..proxy.exchange import Proxy
+from ..proxy.state import Target
 from ..shared.metrics import GLOBAL_POOL
 from ..wsgi.host import WSGIApps
 
