@@ -456,3 +456,28 @@ def test_two_hundred_slow_readers_go_to_disk_and_leave_nothing_behind(patient):
 
 def scrape(admin: int) -> str:
     return send_request(admin, b"GET /metrics HTTP/1.1\r\nHost: a\r\n\r\n").body.decode()
+
+
+def test_without_a_temp_dir_bodies_get_a_500_and_responses_stream_as_before(rex, tmp_path):
+    spool_dir = tmp_path / "spool"
+    spool_dir.mkdir()
+    up = OneAtATime()
+    try:
+        port = rex.serve({"/": up.url}, f"""\
+            buffering: {{temp_dir: "{spool_dir}", memory: 64k}}
+            workers: 1
+        """)
+        spool_dir.rmdir()  # gone after the start: nothing can spill
+        body = payload(MB)
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            s.sendall(b"POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n"
+                      % len(body) + body)
+            assert read_reply(s.makefile("rb")).status == 500  # as nginx answers
+        with slow_reader(port, "/big") as (_a, f, head):
+            # A stalls; Rex cannot read ahead, says why, and relays as before.
+            wait_for(lambda: "cannot buffer a response" in rex.output(), what="the error line")
+            got = resume(f, head)
+        assert len(got) == BIG and digest(got) == digest(up.big(BIG))
+        assert "cannot buffer the request body" in rex.output()
+    finally:
+        up.close()

@@ -208,15 +208,22 @@ class Relay:
             # Everything is in hand already: the upstream connection can go now.
             self.release(self.reusable())
             return False
+        spool = self._buffers.response()
+        try:
+            spool.open()  # a response read ahead is large: it needs its file
+            spool.write(held)
+        except OSError as exc:
+            # No temp file (no room on disk, no directory): the connection sends
+            # what it holds itself, and the upstream waits for the client, as before.
+            spool.close()
+            self._buffers = None
+            self.ex.stream.log_error(f"cannot buffer a response: {exc}")
+            return False
         self._raw_left = span_left
         self._span_out = False
         self._complete = not span_left and self._complete
         self.done = False
-        self._spool = self._buffers.response()
-        try:
-            self._spool.write(held)
-        except OSError:
-            return False  # no room on disk: the connection sends them itself, as before
+        self._spool = spool
         self._ahead = gevent.spawn(self._read_ahead)
         return True
 
@@ -252,6 +259,9 @@ class Relay:
             spool.end()
             self.release(self.reusable())
         except (Abort, HTTPError, UpstreamError, OSError) as exc:
+            if type(exc) is not Abort and isinstance(exc, OSError):
+                # Reads from the upstream fail as Abort: this is the temp file.
+                self.ex.stream.log_error(f"cannot buffer a response: {exc}")
             spool.fail(exc)  # the client gets what came, then the cut
             self.release(False)
 

@@ -82,8 +82,8 @@ class Spool:
     """
 
     __slots__ = ("_budget", "_chunks", "_fd", "_held", "_max_file", "_memory", "_paced",
-                 "_read", "_ready", "_room", "_temp_dir", "_way", "_written", "ended", "error",
-                 "size")
+                 "_read", "_ready", "_room", "_spilled", "_temp_dir", "_way", "_written", "ended",
+                 "error", "size")
 
     def __init__(self, budget: Budget, memory: int, temp_dir: str | None,
                  max_file: int = 0, way: int = REQUEST) -> None:
@@ -95,6 +95,7 @@ class Spool:
         self._chunks: deque[bytes] = deque()
         self._held = 0  # bytes in ``_chunks``
         self._fd = -1
+        self._spilled = False  # counted in the budget's spilled bodies
         self._read = self._written = 0  # the consumer's and the producer's file offsets
         self._ready = Event()  # set when there is something to take (or the end)
         self._room = Event()  # set when a full temp file has been caught up with
@@ -110,17 +111,24 @@ class Spool:
         if not size:
             return
         self.size += size
-        if self._fd < 0 and self._held + size <= self._memory and self._budget.take(size):
+        if not self._written and self._held + size <= self._memory and self._budget.take(size):
             self._chunks.append(bytes(data))
             self._held += size
         else:
             self._spill(data)
         self._ready.set()
 
-    def _spill(self, data) -> None:
-        budget = self._budget
+    def open(self) -> None:
+        """Make the temp file now (OSError if it cannot be): a producer that must not fail
+        half-way learns before it starts."""
         if self._fd < 0:
             self._fd = open_temp(self._temp_dir)
+
+    def _spill(self, data) -> None:
+        budget = self._budget
+        self.open()
+        if not self._spilled:
+            self._spilled = True
             budget.spilled_bodies[self._way] += 1
         view = memoryview(data)
         while view:
