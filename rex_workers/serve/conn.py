@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import time
 import traceback
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 
 from ..http import deadline, h1write, pages
 from ..http.h1read import BODY, END, FAIL, HEAD, UPGRADE, RequestReader
-from ..http.message import Filter, Header, Outcome
+from ..http.message import Header, Outcome
 from ..http.request import Abort, HTTPError, Request, is_websocket, printable
 from ..http.wire import READ_SIZE
 from .h1writer import H1Writer
@@ -67,18 +67,11 @@ class ClientConn(H1Writer):
         self.served = 0  # requests answered on this connection
         self.idle = True  # waiting for a request: a draining worker may close it
         self._linger = False
-        self._clear()
-
-    def _clear(self) -> None:
-        """Forget the last request: an idle connection keeps nothing of it."""
-        self.request: Request | None = None
-        self.outcome: Outcome | None = None
-        self.filters: Sequence[Filter] = ()
-        self.trailers: list[Header] = []
         self._body_done = True
         self._body_seen = 0
         self._expect = False
-        self._clear_response()
+        self.trailers: list[Header] = []
+        self._init_response()
 
     # -- the connection loop ----------------------------------------------------
     def serve(self) -> None:
@@ -106,6 +99,7 @@ class ClientConn(H1Writer):
     def _handle(self, req: Request) -> None:
         started = time.monotonic()
         self.request = req
+        self._mode = ""  # no head committed yet
         outcome = self.outcome = Outcome()
         try:
             self._start_body(req)
@@ -134,7 +128,10 @@ class ClientConn(H1Writer):
             ctx = self.ctx
             ctx.requests += 1
             ctx.access(req, outcome, time.monotonic() - started)
-            self._clear()
+            # An idle connection keeps nothing of its last request (``_start_body`` and
+            # ``start`` set the rest anew).
+            self.request = self.outcome = None
+            self.filters = ()
 
     def _check_upgrade(self, req: Request) -> None:
         if req.has_body:
@@ -240,7 +237,11 @@ class ClientConn(H1Writer):
 
     # -- request bodies (the Stream's request side) ---------------------------------
     def _start_body(self, req: Request) -> None:
+        self._body_seen = 0
+        self._expect = False
+        self.trailers = []
         if not req.has_body:
+            self._body_done = True
             # A bodyless request's END came in the same feed as its head.
             events = self.reader.events
             if events and events[0][0] == END:

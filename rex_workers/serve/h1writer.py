@@ -56,8 +56,11 @@ class H1Writer:
     keep_alive: bool
     _body_done: bool
 
-    def _clear_response(self) -> None:
-        """Nothing of the last response is kept."""
+    def _init_response(self) -> None:
+        """The response state a new connection starts with (``start`` sets it per response)."""
+        self.request: Request | None = None
+        self.outcome: Outcome | None = None
+        self.filters: Sequence[Filter] = ()
         self._mode = ""  # "" until a response head was committed
         self._pending = b""  # response bytes not sent yet (the head waits for the body)
         self._left = 0  # body bytes a Content-Length still allows
@@ -69,8 +72,7 @@ class H1Writer:
     def start(self, response: Response) -> None:
         """Commit the head of ``response``; it goes out with the first body bytes."""
         req = self.request
-        if self.filters:
-            self._chain = filters.start(self.filters, req, response)
+        self._chain = filters.start(self.filters, req, response) if self.filters else None
         ctx = self.ctx
         keep_alive = (self.keep_alive and req.keep_alive and self._body_done
                       and not response.close and not ctx.draining)
