@@ -208,6 +208,12 @@ class Relay:
             # Everything is in hand already: the upstream connection can go now.
             self.release(self.reusable())
             return False
+        final = self.reader.final
+        if not span_left and final.content_length is not None \
+                and final.content_length - self._received < PUMP_MIN:
+            # What is left is less than the socket buffers between us hold: the
+            # upstream has written it all already, and waits for nobody.
+            return False
         spool = self._buffers.response()
         try:
             spool.open()  # a response read ahead is large: it needs its file

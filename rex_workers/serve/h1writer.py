@@ -29,8 +29,9 @@ from .tunnel import tunnel
 
 _CRLF = b"\r\n"
 # How long a client may keep its buffer full before it counts as slow: long enough
-# for a busy machine to schedule a fast reader, short next to any timeout.
-STALL_GRACE = 0.1
+# for a busy machine to schedule a fast reader, short enough that an upstream
+# serving one request at a time is not held long by each slow client.
+STALL_GRACE = 0.01
 
 
 class _Late(Exception):
