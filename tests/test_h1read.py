@@ -62,12 +62,20 @@ def test_pipelined_requests_come_out_in_order():
     assert [p.target for k, p in out if k == HEAD] == [b"/1", b"/2"]
 
 
-def test_chunked_body_and_trailers_forbidden_fields_dropped():
+def test_chunked_body_and_trailers():
     req, rest = request(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
-                        b"3;ext=1\r\nabc\r\n2\r\nde\r\n0\r\nX-Sum: 5\r\n"
-                        b"Authorization: x\r\n\r\n")
+                        b"3;ext=1\r\nabc\r\n2\r\nde\r\n0\r\nX-Sum: 5\r\n\r\n")
     assert req.chunked and req.content_length is None
     assert rest == [(BODY, b"abc"), (BODY, b"de"), (END, [(b"X-Sum", b"5")])]
+
+
+@pytest.mark.parametrize("name", [b"Authorization", b"host", b"Cache-Control", b"If-Match",
+                                  b"Content-Type", b"Trailer", b"Cookie", b"TE"])
+def test_a_request_trailer_that_may_not_be_one_is_refused(name):
+    # RFC 9110 §6.5.1; the response side drops them instead (test_response_trailers).
+    exc = refused(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+                  b"0\r\nX-Sum: 5\r\n%s: x\r\n\r\n" % name)
+    assert exc.status == 400 and "trailer" in exc.reason
 
 
 def test_body_split_across_feeds():
@@ -161,6 +169,78 @@ def test_long_target_is_414():
     assert refused(b"GET /" + b"a" * 2000 + b" HTTP/1.1\r\nHost: a\r\n\r\n", 1024).status == 414
 
 
+def limited(data: bytes) -> list:
+    return events(RequestReader(16384, line_limit=100, field_count=5, field_limit=50), data)
+
+
+def test_the_request_line_limit_counts_the_whole_line():
+    # "GET " + target + " HTTP/1.1": 100 bytes pass, 101 do not, whatever the method.
+    assert limited(b"GET /%s HTTP/1.1\r\nHost: a\r\n\r\n" % (b"a" * 86))[0][0] == HEAD
+    with pytest.raises(HTTPError) as info:
+        limited(b"GET /%s HTTP/1.1\r\nHost: a\r\n\r\n" % (b"a" * 87))
+    assert info.value.status == 414
+    with pytest.raises(HTTPError) as info:
+        limited(b"DELETE /%s HTTP/1.1\r\nHost: a\r\n\r\n" % (b"a" * 84))
+    assert info.value.status == 414
+
+
+@pytest.mark.parametrize(("fields", "reason"), [
+    (b"A: 1\r\nB: 2\r\nC: 3\r\nD: 4\r\nE: 5\r\n", "too many header fields"),
+    (b"X-Long: %s\r\n" % (b"v" * 43), "header field too large"),
+])
+def test_field_count_and_one_field_s_size_are_431(fields, reason):
+    # Host is the first of five; a field line of name + value + 4 bytes (": ", CRLF).
+    assert limited(b"GET / HTTP/1.1\r\nHost: a\r\nA: 1\r\nB: 2\r\nC: 3\r\n"
+                   b"X-Ok: %s\r\n\r\n" % (b"v" * 42))[0][0] == HEAD
+    with pytest.raises(HTTPError) as info:
+        limited(b"GET / HTTP/1.1\r\nHost: a\r\n" + fields + b"\r\n")
+    assert (info.value.status, info.value.reason) == (431, reason)
+
+
+def test_a_trailer_section_has_the_limits_of_a_head():
+    with pytest.raises(HTTPError) as info:
+        limited(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+                b"0\r\n" + b"".join(b"X-%d: 1\r\n" % i for i in range(6)) + b"\r\n")
+    assert info.value.status == 431
+
+
+@pytest.mark.parametrize("host", [
+    b"a:8o", b"a:65536", b"a:99999999999", b"a:80:80", b"::1", b"a..b", b".a", b"a%zz",
+    b"a@b", b"[::g]", b"[1:2]", b"[::1", b"[::1]x", b"[fe80::1%25eth0]", b":80",
+])
+def test_invalid_host_values_are_400(host):
+    exc = refused(b"GET / HTTP/1.1\r\nHost: %s\r\n\r\n" % host)
+    assert exc.status == 400 and "Host" in exc.reason
+    # The MUST is about the field, so it holds beside an absolute-form target too.
+    assert refused(b"GET http://b/ HTTP/1.1\r\nHost: %s\r\n\r\n" % host).status == 400
+    assert refused(b"GET http://%s/ HTTP/1.1\r\nHost: b\r\n\r\n" % host).status == 400
+
+
+@pytest.mark.parametrize(("host", "name"), [
+    (b"a", "a"), (b"A.Example.", "a.example."), (b"a:", "a"), (b"a:065535", "a"),
+    (b"[::1]:8080", "[::1]"), (b"[v1.x:y]", "[v1.x:y]"), (b"a%41", "a%41"),
+    (b"1.2.3.4:80", "1.2.3.4"), (b"a_b-c~", "a_b-c~"), (b"[::ffff:1.2.3.4]", "[::ffff:1.2.3.4]"),
+])
+def test_valid_host_values_and_the_host_routed_on(host, name):
+    req, _ = request(b"GET / HTTP/1.1\r\nHost: %s\r\n\r\n" % host)
+    assert req.host == name
+
+
+@pytest.mark.parametrize("name", [b"Content-Type", b"Authorization", b"User-Agent", b"Range",
+                                  b"If-Modified-Since", b"Referer", b"Max-Forwards"])
+def test_a_singleton_field_with_two_values_is_400_and_with_one_is_folded(name):
+    head = b"GET / HTTP/1.1\r\nHost: a\r\n%s: 1\r\nAccept: x\r\n%s: %%s\r\n\r\n" % (name, name)
+    assert refused(head % b"2").status == 400
+    req, _ = request(head % b"1")
+    assert req.headers == [(b"Host", b"a"), (name, b"1"), (b"Accept", b"x")]
+
+
+def test_list_fields_may_repeat():
+    req, _ = request(b"GET / HTTP/1.1\r\nHost: a\r\nAccept: x\r\nAccept: y\r\n"
+                     b"Cookie: a=1\r\nCookie: b=2\r\n\r\n")
+    assert len(req.headers) == 5
+
+
 def test_websocket_upgrade_hands_over_the_rest():
     reader = RequestReader(16384)
     out = events(reader, b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\n"
@@ -215,8 +295,9 @@ def test_truncated_body_is_an_error():
 
 
 def test_response_trailers():
+    # Fields that may not be trailers are dropped from an upstream's, the rest kept.
     _, out = response(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
-                      b"2\r\nhi\r\n0\r\nGrpc-Status: 0\r\n\r\n")
+                      b"2\r\nhi\r\n0\r\nGrpc-Status: 0\r\nSet-Cookie: a=b\r\n\r\n")
     assert out[1:] == [(BODY, b"hi"), (END, [(b"Grpc-Status", b"0")])]
 
 

@@ -34,7 +34,8 @@ _FIELD = re.compile(rb"([%s]+):[ \t]*((?:[\x21-\x7e\x80-\xff][\t\x20-\x7e\x80-\x
 _CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,16})((?:;[%s]+(?:=(?:[%s]+|\"[^\"\r\n\\]*\"))?)*)"
                          % (TCHAR, TCHAR))
 MAX_HEAD = 1 << 20
-KEYS = frozenset({"absent", "body", "expect", "method", "target", "then", "upstream", "xfail"})
+KEYS = frozenset({"absent", "body", "expect", "method", "present", "target", "then", "trailer",
+                  "upstream", "xfail"})
 PAUSE = b"<<pause>>"
 _ESCAPE = re.compile(rb"\\(x[0-9a-fA-F]{2}|[rnt0\\])")
 _BYTES = {b"r": b"\r", b"n": b"\n", b"t": b"\t", b"0": b"\0", b"\\": b"\\"}

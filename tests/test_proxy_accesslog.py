@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 
-from conftest import free_port, send_request, wait_for
+from conftest import free_port, read_reply, send_request, wait_for
 
 COMBINED = re.compile(
     r'^127\.0\.0\.1 - - \[\d\d/\w{3}/\d{4}:\d\d:\d\d:\d\d [+-]\d{4}\] '
@@ -92,3 +93,23 @@ def test_log_level_leaves_out_lower_lines(tmp_path):
     quiet = Log(Logging(access=None, error=str(errors), level="critical"))
     quiet.error("not written")
     assert "not written" not in errors.read_text()
+
+
+def half_closed(port: int, data: bytes) -> int:
+    """Send ``data``, close our write side, and read the answer Rex still owes."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(data)
+        s.shutdown(socket.SHUT_WR)
+        return read_reply(s.makefile("rb")).status
+
+
+def test_a_client_that_half_closes_mid_request_is_answered_and_logged_400(rex, upstream):
+    port, api, _ = start(rex, upstream, "combined")
+    assert half_closed(port, b"GET /api/a HTTP/1.1\r\nHost: a\r\nX-A: b") == 400
+    assert half_closed(port, b"POST /api/b HTTP/1.1\r\nHost: a\r\n"
+                             b"Transfer-Encoding: chunked\r\n\r\n3\r\nab") == 400
+    head, body = log_lines(rex, 2)
+    assert '"-" 400 ' in head  # no request to name: the head never ended
+    assert COMBINED.match(body)["request"] == "POST /api/b HTTP/1.1"
+    assert COMBINED.match(body)["status"] == "400"
+    assert api.requests == []  # buffered: nothing of the broken body went upstream

@@ -27,13 +27,16 @@ def test_example_loads(tmp_path, text):
     assert config.instances
 
 
-SIZES = {16 * 1024: "16k", 1024**3: "1g"}
+SIZES = {8 * 1024: "8k", 16 * 1024: "16k", 1024**3: "1g"}
 
 
 @pytest.mark.parametrize(("key", "value"), [
     *((f"timeouts.{name}", f"{getattr(Timeouts(), name):g}")
       for name in ("connect", "read", "header", "idle")),
     ("limits.header_bytes", SIZES[Limits().header_bytes]),
+    ("limits.request_line_bytes", SIZES[Limits().request_line_bytes]),
+    ("limits.header_fields", str(Limits().header_fields)),
+    ("limits.field_bytes", SIZES[Limits().field_bytes]),
     ("limits.body_bytes", SIZES[Limits().body_bytes]),
     ("limits.connections", str(Limits().connections)),
     ("limits.min_rate", str(Limits().min_rate)),

@@ -28,6 +28,11 @@ class Timeouts:
 @dataclass(frozen=True, slots=True)
 class Limits:
     header_bytes: int = 16 * 1024  # Node's and llhttp's default maximum head size
+    # One request line (414) and one field line (431): nginx's 8k buffer that each
+    # must fit in (large_client_header_buffers), gunicorn's 4094 and 8190.
+    request_line_bytes: int = 8 * 1024
+    field_bytes: int = 8 * 1024
+    header_fields: int = 100  # field lines in a head (431); gunicorn's limit_request_fields
     body_bytes: int = 1024**3  # 1 GiB; a proxy for dev boxes must take real uploads
     connections: int = 16384  # per worker; RLIMIT_NOFILE is raised to the hard limit
     # Bytes/s a request body or a response must average once ``timeouts.read`` has

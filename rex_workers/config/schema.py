@@ -135,7 +135,8 @@ SCHEMA = {
     "timeouts": {"type": "dict", "schema": TIMEOUTS},
     "limits": {
         "type": "dict",
-        "schema": {"header_bytes": SIZE, "body_bytes": SIZE, "connections": _count(1),
+        "schema": {"header_bytes": SIZE, "request_line_bytes": SIZE, "field_bytes": SIZE,
+                   "header_fields": _count(1), "body_bytes": SIZE, "connections": _count(1),
                    "min_rate": {"type": "size", "coerce": "size", "min": 0}},
     },
     "buffering": {

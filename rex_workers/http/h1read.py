@@ -13,17 +13,12 @@ from __future__ import annotations
 
 import httptools
 
+from .authority import authority_error, host_only
 from .framing import BODY, END, FAIL, HEAD, INFO, UPGRADE, Fields, Reader
 from .request import HTTPError, Request
 
 __all__ = ["BODY", "END", "FAIL", "HEAD", "INFO", "UPGRADE", "RequestReader", "Response",
            "ResponseReader"]
-
-# RFC 9110 §7.2 / RFC 3986 §3.2.2: reg-name, IP literal and port characters.
-# Anything else in Host ("/", "@", spaces, quotes) is refused with a 400
-# (RFC 9112 §3.2), because Host is echoed into X-Forwarded-Host and Location.
-_HOST_CHARS = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~!$&'()*+,;=:[]%"
-
 
 class RequestReader(Reader):
     """Feeds a client connection's bytes to llhttp; queues (kind, payload) events.
@@ -34,8 +29,15 @@ class RequestReader(Reader):
     """
 
     def __init__(self, header_limit: int, client_addr: tuple[str, int] = ("", 0),
-                 server_port: int = 0, scheme: str = "http") -> None:
-        super().__init__(header_limit, 400)
+                 server_port: int = 0, scheme: str = "http", *, line_limit: int = 0,
+                 field_count: int = 0, field_limit: int = 0) -> None:
+        """Limits (``limits.*``, docs/reliability.md): ``header_limit`` bytes of field lines,
+        ``line_limit`` bytes of request line (414), ``field_count`` field lines and
+        ``field_limit`` bytes of one (431); 0: bounded by ``header_limit`` alone."""
+        super().__init__(header_limit, 400, field_count, field_limit)
+        # The line without its CRLF: method, target, " HTTP/1.1" and one more space.
+        # llhttp knows no method over 16 bytes: it is looked at only near the limit.
+        self._line_limit = min(line_limit or header_limit, header_limit)  # the head holds it too
         self._url = b""
         self._parser = httptools.HttpRequestParser(self)
         self._client_addr = client_addr
@@ -57,8 +59,9 @@ class RequestReader(Reader):
     def on_url(self, url: bytes) -> None:
         self._ticks += 1
         self._url += url
-        if len(self._url) > self._fields.limit:
-            raise HTTPError("request target too long", 414)
+        if len(self._url) + 32 > self._line_limit \
+                and len(self._parser.get_method()) + len(self._url) + 10 > self._line_limit:
+            raise HTTPError("request line too long", 414)
 
     def on_headers_complete(self) -> None:
         self.in_head = False
@@ -113,6 +116,7 @@ class RequestReader(Reader):
         method = p.get_method().decode("ascii")
         if version != "1.1":
             _check_version(version, f)
+        f.finish()
         if f.hosts != 1 and (version == "1.1" or f.hosts):
             # RFC 9112 §3.2: 400 for a missing Host in HTTP/1.1 and for more than one.
             raise HTTPError("missing or repeated Host header", 400)
@@ -122,18 +126,14 @@ class RequestReader(Reader):
             raise HTTPError("fragment in request target", 400)
         raw_path, _, query = target.partition(b"?")
         headers = f.headers
-        host = b""
+        host = f.host
+        if host and (why := authority_error(host)):
+            # RFC 9112 §3.2: MUST 400 for an invalid Host value, whatever the target.
+            raise HTTPError(f"invalid Host header: {why}", 400)
         if raw_path[:1] != b"/":
             raw_path, host = _absolute_form(raw_path, method)
             # RFC 9112 §3.2.2: the target's authority replaces any Host field.
             headers = [(k, host if k.lower() == b"host" else v) for k, v in headers]
-        elif f.hosts:
-            for name, value in headers:
-                if len(name) == 4 and name.lower() == b"host":
-                    host = value
-                    break
-        if host and host.strip().translate(None, _HOST_CHARS):  # a byte outside the set
-            raise HTTPError("invalid Host header", 400)
         upgrade = p.should_upgrade()
         return Request(
             method=method,
@@ -142,7 +142,7 @@ class RequestReader(Reader):
             query=query,
             version=version,
             headers=headers,
-            host=_host_only(host) if host else "",
+            host=host_only(host) if host else "",
             keep_alive=p.should_keep_alive() and not upgrade,
             content_length=f.content_length,
             chunked=f.chunked,
@@ -171,19 +171,10 @@ def _absolute_form(raw_path: bytes, method: str) -> tuple[bytes, bytes]:
     if lower.startswith((b"http://", b"https://")):
         rest = raw_path.split(b"://", 1)[1]
         host, slash, path = rest.partition(b"/")
-        if not host or b"@" in host:
-            raise HTTPError("absolute-form target without a usable host", 400)
+        if why := authority_error(host):  # userinfo ("@") included: never forwarded
+            raise HTTPError(f"absolute-form target without a usable host: {why}", 400)
         return slash + path if slash else b"/", host
     raise HTTPError("request target must be an absolute path", 400)
-
-
-def _host_only(host: bytes) -> str:
-    """Lower-cased host without the port; IPv6 literals keep their brackets."""
-    h = host.strip().lower()
-    if h.startswith(b"["):
-        end = h.find(b"]")
-        return h[: end + 1].decode("latin-1")
-    return h.partition(b":")[0].decode("latin-1")
 
 
 class Response:
@@ -269,6 +260,7 @@ class ResponseReader(Reader):
         if self.done:
             return
         f = self._fields
+        f.finish()
         p = self._parser
         status = p.get_status_code()
         if status < 100:

@@ -29,6 +29,8 @@ from .h1writer import H1Writer
 # destroy our error response before the client reads it (nginx: lingering_close).
 LINGER_TIME = 2.0
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+# What one read for a request head brought (``_recv_into_reader``).
+_READ, _LATE, _EOF = object(), object(), object()
 
 
 def _fails_before_end(events) -> bool:
@@ -195,30 +197,39 @@ class ClientConn(H1Writer):
                 # (the locals too, or they keep it alive through the wait).
                 self._drop_reader()
                 reader = events = None
-            if timeout <= 0 or not self._recv_into_reader(timeout):
+            got = self._recv_into_reader(timeout) if timeout > 0 else _LATE
+            if got is not _READ:
                 if in_head:
-                    self._error_without_request(HTTPError("request head took too long", 408))
+                    # A head begun and not finished: answered, so the client (whose
+                    # write side may be all that closed) and the log both learn why.
+                    self._error_without_request(
+                        HTTPError("request head took too long", 408) if got is _LATE
+                        else HTTPError("client closed in the middle of a request head", 400))
                 return None
             if deadline is None and self.reader.in_head:
                 deadline = time.monotonic() + timeouts.header
 
-    def _recv_into_reader(self, timeout: float) -> bool:
-        """One read fed to the parser (errors come as FAIL events); False on timeout or EOF."""
+    def _recv_into_reader(self, timeout: float) -> object:
+        """One read fed to the parser (errors come as FAIL events): ``_READ``, or
+        ``_LATE`` when nothing came in ``timeout``, ``_EOF`` when the client closed."""
         sock = self.sock
         sock.settimeout(None)  # the wait every request makes: a cheap deadline instead
         try:
             data = deadline.call(timeout, sock.recv, READ_SIZE)
         except TimeoutError:
-            return False
+            return _LATE
         if not data:
-            return False
+            return _EOF
         reader = self.reader
         if reader is None:
             listener = self.listener
-            reader = self.reader = RequestReader(self.ctx.limits.header_bytes, self.addr[:2],
-                                                 listener.port, listener.scheme)
+            limits = self.ctx.limits
+            reader = self.reader = RequestReader(
+                limits.header_bytes, self.addr[:2], listener.port, listener.scheme,
+                line_limit=limits.request_line_bytes, field_count=limits.header_fields,
+                field_limit=limits.field_bytes)
         reader.feed(data)
-        return True
+        return _READ
 
     def _error_without_request(self, exc: HTTPError) -> None:
         """A request we could not even parse: answer and close."""
