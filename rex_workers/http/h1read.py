@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import httptools
 
+from . import h1fast
 from .authority import authority_error, host_only
 from .framing import BODY, END, FAIL, HEAD, INFO, UPGRADE, Fields, Reader
 from .request import HTTPError, Request
@@ -30,10 +31,11 @@ class RequestReader(Reader):
 
     def __init__(self, header_limit: int, client_addr: tuple[str, int] = ("", 0),
                  server_port: int = 0, scheme: str = "http", *, line_limit: int = 0,
-                 field_count: int = 0, field_limit: int = 0) -> None:
+                 field_count: int = 0, field_limit: int = 0, fast: bool = True) -> None:
         """Limits (``limits.*``, docs/reliability.md): ``header_limit`` bytes of field lines,
         ``line_limit`` bytes of request line (414), ``field_count`` field lines and
-        ``field_limit`` bytes of one (431); 0: bounded by ``header_limit`` alone."""
+        ``field_limit`` bytes of one (431); 0: bounded by ``header_limit`` alone.
+        ``fast``: plain heads take the fast lane (``h1fast``); False for llhttp alone."""
         super().__init__(header_limit, 400, field_count, field_limit)
         # The line without its CRLF: method, target, " HTTP/1.1" and one more space.
         # llhttp knows no method over 16 bytes: it is looked at only near the limit.
@@ -45,11 +47,17 @@ class RequestReader(Reader):
         self._scheme = scheme
         self._close_after = False  # the current request asked to close the connection
         self._closing = False  # ... and it is complete: what follows is not a request
+        # The fast lane (``h1fast``) may take a head only where llhttp stands between
+        # messages, and only one that is well inside every size limit.
+        self._at_start = fast
+        self._fast = h1fast.bounds(header_limit, self._line_limit, field_count or header_limit,
+                                   field_limit or header_limit)
         self.upgraded = False
         self.failed = False  # a FAIL event was queued: later bytes are not parsed
 
     # -- httptools callbacks --------------------------------------------------
     def on_message_begin(self) -> None:
+        self._at_start = False
         self._fields.reset()
         self._url = b""
         self._trailers = None
@@ -71,6 +79,7 @@ class RequestReader(Reader):
 
     def on_message_complete(self) -> None:
         self._closing = self._close_after
+        self._at_start = True
         self.events.append((END, self._trailers or []))
 
     # -- feeding ----------------------------------------------------------------
@@ -84,6 +93,15 @@ class RequestReader(Reader):
         """
         if self.failed:
             return
+        if self._closing:
+            # RFC 9112 §9.6: bytes after a request with "Connection: close" are
+            # not requests; that request is answered, the rest ignored.
+            self.failed = True
+            return
+        if self._at_start:
+            data = self._take_fast(data)
+            if not data:
+                return
         ticks, events = self._ticks, len(self.events)
         try:
             try:
@@ -98,9 +116,7 @@ class RequestReader(Reader):
             except httptools.HttpParserInvalidMethodError:
                 raise HTTPError("invalid method", 400) from None
             except httptools.HttpParserError as exc:
-                if self._closing:
-                    # RFC 9112 §9.6: bytes after a request with "Connection: close"
-                    # are not requests; that request is answered, the rest ignored.
+                if self._closing:  # bytes after a "Connection: close" request (above)
                     self.failed = True
                     return
                 raise HTTPError(f"bad request: {exc}", 400) from None
@@ -108,6 +124,23 @@ class RequestReader(Reader):
         except HTTPError as exc:
             self.failed = True
             self.events.append((FAIL, exc))
+
+    def _take_fast(self, data: bytes) -> bytes:
+        """Take the plain heads at the front of ``data`` (``h1fast``); return the rest."""
+        events = self.events
+        while data:
+            req, end = h1fast.take(data, self._fast, self._client_addr, self._server_port,
+                                   self._scheme)
+            if req is None:
+                return data  # not plainly valid, or not whole: llhttp judges it
+            events.append((HEAD, req))
+            events.append((END, []))
+            self._quiet = 0
+            data = data[end:]
+            if not req.keep_alive:
+                self._closing = True  # what follows is ignored, as after llhttp's close
+                return b""
+        return data
 
     def _build(self) -> Request:
         f = self._fields

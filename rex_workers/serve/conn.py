@@ -17,7 +17,7 @@ import time
 import traceback
 from collections.abc import Iterator
 
-from ..http import deadline, h1write, pages
+from ..http import deadline, h1fast, h1write, pages
 from ..http.h1read import BODY, END, FAIL, HEAD, UPGRADE, RequestReader
 from ..http.message import Header, Outcome
 from ..http.request import Abort, HTTPError, Request, is_websocket, printable
@@ -54,8 +54,8 @@ class ClientConn(H1Writer):
     """
 
     # Slots: ten thousand idle connections each hold one of these (no __dict__).
-    __slots__ = ("_body_done", "_body_seen", "_expect", "_linger", "addr", "idle", "listener",
-                 "reader", "served", "trailers")
+    __slots__ = ("_body_done", "_body_seen", "_expect", "_linger", "_ready", "addr", "idle",
+                 "listener", "reader", "served", "trailers")
 
     def __init__(self, sock, addr, listener, ctx) -> None:
         self.sock = sock
@@ -65,6 +65,7 @@ class ClientConn(H1Writer):
         # Made when bytes arrive and dropped between requests: an idle keep-alive
         # connection then holds no parser (~3 KB less each; SPEC §5, 10k idle).
         self.reader: RequestReader | None = None
+        self._ready: Request | None = None  # a whole head the fast lane read without a reader
         self.keep_alive = True
         self.served = 0  # requests answered on this connection
         self.idle = True  # waiting for a request: a draining worker may close it
@@ -164,6 +165,10 @@ class ClientConn(H1Writer):
         timeouts = self.ctx.timeouts
         deadline = None
         while True:
+            req = self._ready
+            if req is not None:
+                self._ready = None
+                return req
             reader = self.reader
             in_head = False
             if reader is not None:
@@ -206,7 +211,8 @@ class ClientConn(H1Writer):
                         HTTPError("request head took too long", 408) if got is _LATE
                         else HTTPError("client closed in the middle of a request head", 400))
                 return None
-            if deadline is None and self.reader.in_head:
+            reader = self.reader
+            if deadline is None and reader is not None and reader.in_head:
                 deadline = time.monotonic() + timeouts.header
 
     def _recv_into_reader(self, timeout: float) -> object:
@@ -223,6 +229,14 @@ class ClientConn(H1Writer):
         reader = self.reader
         if reader is None:
             listener = self.listener
+            if data[-4:] == b"\r\n\r\n":
+                # One whole head is the common read between requests: a plain one
+                # needs no reader at all (``h1fast``); pipelined bytes go below.
+                req, end = h1fast.take(data, self.ctx.fast_bounds, self.addr[:2],
+                                       listener.port, listener.scheme)
+                if end == len(data):
+                    self._ready = req
+                    return _READ
             limits = self.ctx.limits
             reader = self.reader = RequestReader(
                 limits.header_bytes, self.addr[:2], listener.port, listener.scheme,
@@ -253,10 +267,11 @@ class ClientConn(H1Writer):
         self.trailers = []
         if not req.has_body:
             self._body_done = True
-            # A bodyless request's END came in the same feed as its head.
-            events = self.reader.events
-            if events and events[0][0] == END:
-                events.popleft()
+            # A bodyless request's END came in the same feed as its head (with no
+            # reader, the fast lane read the head alone).
+            reader = self.reader
+            if reader is not None and reader.events and reader.events[0][0] == END:
+                reader.events.popleft()
             return
         self._body_done = False
         if req.content_length is not None and req.content_length > self.ctx.limits.body_bytes:

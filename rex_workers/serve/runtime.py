@@ -16,6 +16,7 @@ from collections.abc import Sequence
 
 from ..config.model import Config, Instance, Route, Upstream
 from ..config.routing import RouteTable, VirtualHosts
+from ..http import h1fast
 from ..http.message import Outcome
 from ..http.request import Request
 from ..proxy.balancer import UpstreamGroup
@@ -33,7 +34,10 @@ class Runtime:
     def __init__(self, config: Config, vhosts: dict[tuple[str, int], VirtualHosts],
                  worker_name: str = "", layout: Layout | None = None) -> None:
         self.config = config
-        self.limits = config.limits
+        self.limits = limits = config.limits
+        # The size of a head the fast lane may take, from the limits (``h1fast.bounds``).
+        self.fast_bounds = h1fast.bounds(limits.header_bytes, limits.request_line_bytes,
+                                         limits.header_fields, limits.field_bytes)
         self.timeouts = config.timeouts
         self.trusted = TrustedProxies(config.trusted_proxies)
         self.pool = ConnectionPool()

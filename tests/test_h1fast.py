@@ -1,0 +1,149 @@
+"""The fast lane accepts only what llhttp's strict path accepts, with the same meaning.
+
+A differential fuzz: the same bytes go to a reader with the fast lane and to
+one without (``RequestReader(..., fast=False)``); the events (each request's
+method, target, fields, host, framing, keep-alive; bodies; trailers) and the
+error status must be the same. The heads are drawn to sit on the lane's edges
+(whitespace around values, case, special and singleton fields twice, limits),
+and the hostile grammar of ``test_fuzz`` is replayed too.
+"""
+
+from __future__ import annotations
+
+import hypothesis.strategies as st
+import pytest
+from hypothesis import given
+from test_fuzz import describe, fuzz, raw_requests
+
+from rex_workers.http.h1fast import fast_request
+from rex_workers.http.h1read import BODY, END, FAIL, HEAD, UPGRADE, RequestReader
+from rex_workers.http.request import HTTPError
+
+LIMITS = {"line_limit": 300, "field_count": 12, "field_limit": 200}
+
+METHODS = [b"GET", b"GET", b"HEAD", b"POST", b"OPTIONS", b"get"]
+TARGETS = [b"/", b"/a/b?x=1&y=%20", b"/a\"<>\\^`{|}~!$&*+,;=:@[]", b"/a#b", b"/\xc3\xa9",
+           b"*", b"http://h/x", b"/" + b"p" * 280, b"/a b"]
+HOSTS = [b"a", b"example.com:8080", b"[::1]:80", b"a..b", b"", b"a b", b"A.Example.",
+         b"a:99999", b"a@b"]
+NAMES = [b"Host", b"HOST", b"User-Agent", b"user-agent", b"Accept", b"Connection",
+         b"Content-Length", b"Transfer-Encoding", b"Expect", b"Upgrade", b"Referer",
+         b"Authorization", b"Cookie", b"X-A", b"Range", b"TE", b"Content-Type"]
+VALUES = [b"a", b"keep-alive", b"Keep-Alive", b"close", b"upgrade", b"keep-alive, close",
+          b"0", b"3", b"chunked", b"100-continue", b"websocket", b"x y", b"\xff\xfe",
+          b"a\tb", b"", b"v" * 190, b"bytes=0-1", b"a=1; b=2"]
+SPACES = [b"", b" ", b"  ", b"\t", b" \t"]
+
+
+def mostly(good: list[bytes], anything: list[bytes]) -> st.SearchStrategy[bytes]:
+    """Three draws in four from ``good``: most heads must reach the lane's edges, not
+    stop at the first odd byte."""
+    return st.one_of(st.sampled_from(good), st.sampled_from(good), st.sampled_from(good),
+                     st.sampled_from(anything))
+
+
+@st.composite
+def heads(draw) -> bytes:
+    out = [draw(mostly([b"GET", b"HEAD"], METHODS)) + b" "
+           + draw(mostly(TARGETS[:3], TARGETS)) + b" "
+           + draw(mostly([b"HTTP/1.1"], [b"HTTP/1.0", b"HTTP/1.1 ", b"HTTP/2.0"])) + b"\r\n"]
+    if draw(st.integers(0, 9)):
+        out.append(b"Host: " + draw(mostly(HOSTS[:3], HOSTS)) + b"\r\n")
+    for _ in range(draw(st.integers(0, 13))):
+        name = draw(mostly([b"Accept", b"X-A", b"Cookie"], NAMES))
+        value = draw(mostly([b"a", b"x y", b"a=1; b=2"], VALUES))
+        out.append(name + b":" + draw(mostly([b" "], SPACES)) + value
+                   + draw(mostly([b""], SPACES)) + b"\r\n")
+    out.append(b"\r\n")
+    return b"".join(out)
+
+
+pipelines = st.lists(heads(), min_size=1, max_size=3).map(b"".join)
+tails = st.sampled_from([b"", b"GET / HT", b"3\r\nabc\r\n0\r\n\r\n", b"\r\n", b"x"])
+
+
+def events(data: bytes, fast: bool, limits: dict = LIMITS) -> tuple[list, int | None]:
+    """Every event of ``data`` fed whole: (requests described, bodies, ends; error)."""
+    reader = RequestReader(1024, ("10.0.0.1", 5555), 8080, "http", fast=fast, **limits)
+    reader.feed(data)
+    out, error = [], None
+    for kind, payload in reader.events:
+        if kind == HEAD:
+            out.append(("head", describe(payload)))
+        elif kind in (BODY, END, UPGRADE):
+            out.append((kind, payload if kind != END else tuple(payload)))
+        elif kind == FAIL:
+            error = payload.status
+    return out, error
+
+
+@fuzz(600)
+@given(data=st.tuples(pipelines, tails).map(b"".join))
+def test_the_fast_lane_means_what_the_strict_path_means(data):
+    assert events(data, fast=True) == events(data, fast=False)
+
+
+@fuzz(300)
+@given(data=raw_requests)
+def test_hostile_bytes_read_the_same_with_and_without_the_fast_lane(data):
+    assert events(data, fast=True) == events(data, fast=False)
+
+
+@fuzz(600)
+@given(head=heads())
+def test_what_the_fast_lane_takes_the_strict_path_takes(head):
+    req = fast_request(head[:-2], ("10.0.0.1", 5555), 8080, "http")
+    if req is None:
+        return
+    strict = events(head, fast=False, limits={})  # the reader checks limits before the lane
+    assert strict[1] is None and strict[0][0] == ("head", describe(req))
+
+
+WRK = b"GET /13b.bin HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n\r\n"
+BROWSER = (b"GET /app.js?v=3 HTTP/1.1\r\nHost: example.com\r\nConnection: keep-alive\r\n"
+           b"User-Agent: Mozilla/5.0 (X11; Linux x86_64)\r\nAccept: */*\r\n"
+           b"Accept-Encoding: gzip, deflate, br\r\nAccept-Language: en-US,en;q=0.9\r\n"
+           b"Referer: https://example.com/\r\nCookie: a=1; b=2\r\n\r\n")
+
+
+@pytest.mark.parametrize("head", [WRK, BROWSER, WRK.replace(b"GET", b"HEAD"),
+                                  BROWSER.replace(b"keep-alive", b"close")])
+def test_common_heads_take_the_fast_lane(head):
+    req = fast_request(head[:-2], ("", 0), 80, "http")
+    assert req is not None
+    assert events(head, fast=False)[0][0] == ("head", describe(req))
+
+
+@pytest.mark.parametrize("change", [
+    (b"Accept: */*", b"Accept: */* "),  # trailing whitespace: llhttp keeps it
+    (b"keep-alive", b"Upgrade"),
+    (b"Accept: */*", b"Content-Length: 0"),
+    (b"Accept: */*", b"User-Agent: other"),  # a singleton twice
+    (b"Accept: */*", b"Host: example.com"),  # Host twice
+    (b"GET /app.js", b"GET http://example.com/app.js"),
+    (b"GET", b"POST"),
+    (b"HTTP/1.1", b"HTTP/1.0"),
+    (b"Host: example.com", b"Host: a..b"),
+])
+def test_what_the_fast_lane_leaves_to_llhttp(change):
+    head = BROWSER.replace(*change)
+    assert fast_request(head[:-2], ("", 0), 80, "http") is None
+
+
+def test_pipelined_heads_after_a_close_are_ignored_either_way():
+    data = (WRK.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n") + WRK) * 2
+    fast = RequestReader(16384)
+    fast.feed(data)
+    assert [k for k, _ in fast.events] == [HEAD, END]
+    fast.feed(WRK)  # a later read is not parsed either
+    assert len(fast.events) == 2
+
+
+def test_a_head_near_a_limit_goes_to_the_strict_path():
+    # Half of header_bytes at most, and within the line and field limits: else llhttp.
+    reader = RequestReader(1024, **LIMITS)
+    long_target = b"GET /" + b"a" * 296 + b" HTTP/1.1\r\nHost: a\r\n\r\n"
+    with pytest.raises(HTTPError):
+        for kind, payload in (reader.feed(long_target) or reader.events):
+            if kind == FAIL:
+                raise payload
