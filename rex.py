@@ -2,12 +2,12 @@
 
 Usage:
   rex --init [--force]
-  rex load <config>
+  rex load <config> [-p <pid>] [--timeout S]
   rex check [<config>]
   rex test [-p <config>]
   rex start [-c <config>] [-f] [-w N]
-  rex stop [-p <pid>] [--timeout S]
-  rex reload [-p <pid>]
+  rex stop [-p <pid> | --all] [--timeout S]
+  rex reload [-p <pid>] [--timeout S]
   rex status [--json]
   rex log [-e <file>]
   rex reset
@@ -17,24 +17,29 @@ Usage:
 Commands:
   --init        write ./rex.config.yaml and ./public/index.html (refuses to
                 overwrite without --force)
-  load          validate <config>, make it the active config; running masters
-                started on the active config reload onto it
+  load          validate <config>, make it this directory's active config; the
+                master serving this directory's config reloads onto it
   check, test   validate a config (default: the active one) and exit
   start         start a master and its workers; returns once every worker is
                 ready and prints the URLs (-f: stay in the foreground)
-  stop          graceful stop of every master, or of the one with -p PID
-  reload        re-read the config without dropping a request (= SIGHUP)
+  stop          graceful stop of this directory's master (-p PID: that one,
+                --all: every one)
+  reload        re-read the config without dropping a request (= SIGHUP);
+                every master, or the one with -p PID
   status        masters and their workers
   log           follow the server log (-e: export it to <file>)
-  reset         forget the config recorded by `rex load`
+  reset         forget the config `rex load` recorded for this directory; its
+                master reloads onto ./rex.config.yaml
 
 Options:
   -c <config>, --config <config>  config file [default: active config]
   -f, --foreground                do not daemonize; log to stdout/stderr
   -w N, --workers N               number of workers (overrides the config)
-  -p <pid>                        a master's pid (stop/reload), or the
+  -p <pid>                        a master's pid (stop/reload/load), or the
                                   config path (test)
-  --timeout S                     seconds `stop` waits for masters [default: 60]
+  --all                           stop every running master
+  --timeout S                     seconds `stop` waits for masters to exit,
+                                  `reload`/`load` for the outcome [default: 60]
   --force                         overwrite existing files with --init
   --json                          machine-readable status
   -e <file>, --export <file>      copy the server log to <file>
@@ -55,8 +60,9 @@ from dataclasses import replace
 from functools import partial
 
 from rex_workers.config.model import Config
-from rex_workers.master import registry, reports
+from rex_workers.master import control, registry, reports
 from rex_workers.master.admin import AdminServer
+from rex_workers.master.control import RexError
 from rex_workers.master.daemon import MasterLog, daemonize, notify_systemd, tell, wait_report
 from rex_workers.master.exposition import Retired
 from rex_workers.master.generations import Generations, Refused
@@ -80,14 +86,6 @@ FAST_STOP = 2.0  # INT/QUIT: seconds before workers that did not exit get SIGKIL
 STATUS_EVERY = 1.0  # the status file is rewritten on every change and at least this often
 
 
-class RexError(Exception):
-    """A failure the user can act on: printed as one line, exit code attached."""
-
-    def __init__(self, message: str, code: int = EXIT_FAILURE) -> None:
-        super().__init__(message)
-        self.code = code
-
-
 # ---------------------------------------------------------------------------
 # State directory: active config, pid files, logs (SPEC §2)
 # ---------------------------------------------------------------------------
@@ -105,13 +103,16 @@ def run_dir() -> str:
 
 
 def active_config() -> str:
-    """The config `rex load` recorded, else ./rex.config.yaml (`-c` is the caller's)."""
-    with contextlib.suppress(FileNotFoundError):
-        with open(os.path.join(rex_home(), "active"), encoding="utf-8") as f:
-            path = f.read().strip()
-        if path:
-            return path
-    return os.path.abspath(CONFIG_NAME)
+    """The config `rex load` recorded for this directory, else ./rex.config.yaml."""
+    return here().config  # `-c` is the caller's
+
+
+def here() -> control.Here:
+    try:
+        cwd = os.getcwd()
+    except FileNotFoundError:
+        cwd = os.environ.get("PWD", "/")  # deleted meanwhile: its name is all that is left
+    return control.Here(rex_home(), cwd, os.path.join(cwd, CONFIG_NAME))
 
 
 def load(path: str):
@@ -134,7 +135,7 @@ class Arbiter:
     def __init__(self, config: Config, source: str, workers: int | None, log: MasterLog) -> None:
         self.pid = os.getpid()
         self.version = __version__
-        self.source = source  # "explicit" (-c) or "active": what a reload re-reads
+        self.source = source  # "explicit" (-c) or "active": how the config was chosen
         self.override = workers  # -w N wins over the config's `workers`, on reloads too
         self.log = log
         self.notify: int | None = None  # daemon: the pipe `rex start` waits on
@@ -153,6 +154,7 @@ class Arbiter:
         self.restarts = 0
         self.retired = Retired()  # counters of workers that have exited (metrics.py)
         self.started = time.time()
+        self.dir = here().cwd  # where it was started: whose `rex stop` it answers (control.py)
         self.status_due = 0.0
         self.status_states: list = []
 
@@ -177,7 +179,8 @@ class Arbiter:
         self.admin = new
 
     def config_path(self) -> str:
-        return active_config() if self.source == "active" else self.generations.current.config.path
+        """The file reloads re-read: the one served (`rex load` names another with its HUP)."""
+        return self.generations.current.config.path
 
     # -- the loop ------------------------------------------------------------------------
     def run(self) -> int:
@@ -194,10 +197,10 @@ class Arbiter:
             while self.signals:
                 getattr(self, f"handle_{signal.Signals(self.signals.pop(0)).name[3:].lower()}")()
             self.reap()
+            if self.generations.boot_error:
+                self._abort_boot()  # before manage(), which would fork a replacement
             self.murder()
             self.manage()
-            if self.generations.boot_error:
-                self._abort_boot()
             if self.stopping and not self.procs:
                 return EXIT_OK
             if not self.stopping:
@@ -225,7 +228,8 @@ class Arbiter:
 
     def handle_hup(self) -> None:
         if not self.stopping:
-            self.generations.reload("SIGHUP")
+            path = registry.take_load(run_dir(), self.pid)  # left by `rex load`, if it sent this
+            self.generations.reload("rex load" if path else "SIGHUP", path)
 
     def handle_term(self) -> None:
         self.stop(graceful=True)
@@ -398,13 +402,17 @@ class Arbiter:
 
     def _abort_boot(self) -> None:
         """The first generation cannot start: stop its workers and fail `rex start`."""
+        reason = self.generations.boot_error
+        self.log.error(f"{reason}; rex is stopping: the first generation cannot start")
+        now = time.monotonic()
         for proc in self.procs.values():
+            proc.draining_since = proc.draining_since or now  # reaped as stopped, not died
             self._kill(proc, signal.SIGKILL)
-        deadline = time.monotonic() + FAST_STOP
-        while self.procs and time.monotonic() < deadline:
+        while self.procs and time.monotonic() < now + FAST_STOP:
             self._sleep(0.05)
             self.reap()
-        raise RexError(self.generations.boot_error)
+        self.log.error("rex stopped: it could not start serving")
+        raise RexError(reason, logged=True)
 
     def stop(self, graceful: bool) -> None:
         if self.stopping and graceful:
@@ -426,7 +434,7 @@ class Arbiter:
         config = self.generations.current.config
         with contextlib.suppress(OSError):
             registry.write_info(run_dir(), {
-                "pid": self.pid, "config": config.path, "source": self.source,
+                "pid": self.pid, "config": config.path, "source": self.source, "dir": self.dir,
                 "started": self.started, "urls": urls(config), "version": __version__})
 
     def write_status(self) -> None:
@@ -498,29 +506,10 @@ def cmd_check(path: str | None) -> int:
     return EXIT_OK
 
 
-def cmd_load(path: str) -> int:
+def cmd_load(path: str, pid: str | None, timeout: float) -> int:
     path = os.path.abspath(path)
     load(path)
-    registry.atomic_write(os.path.join(rex_home(), "active"), path + "\n")
-    print(f"active config: {path}")
-    _reload_followers()
-    return EXIT_OK
-
-
-def cmd_reset() -> int:
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(os.path.join(rex_home(), "active"))
-    print(f"active config: ./{CONFIG_NAME}")
-    _reload_followers()
-    return EXIT_OK
-
-
-def _reload_followers() -> None:
-    """Masters started without -c follow the active config: tell them it changed."""
-    for info in registry.masters(run_dir()):
-        if info.get("source") == "active":
-            _signal(info, signal.SIGHUP)
-            print(f"reloading master {info['pid']}")
+    return control.switch(here(), path, pid, timeout)
 
 
 def cmd_start(path: str | None, foreground: bool, workers: int | None) -> int:
@@ -543,58 +532,12 @@ def cmd_start(path: str | None, foreground: bool, workers: int | None) -> int:
     try:
         code = run_master(config, source, workers, MasterLog(log_path), fd)
     except RexError as exc:
-        MasterLog(log_path).error(str(exc))
+        if not exc.logged:
+            MasterLog(log_path).error(str(exc))
     except BaseException:  # the daemon has no caller to raise to: log it, exit non-zero
         traceback.print_exc()
     finally:
         os._exit(code)
-
-
-def _select(pid: str | None) -> list[dict]:
-    found = registry.masters(run_dir())
-    if pid is not None:
-        found = [m for m in found if str(m["pid"]) == str(pid)]
-        if not found:
-            raise RexError(f"no running rex master with pid {pid}")
-    elif not found:
-        raise RexError("no running rex master")
-    return found
-
-
-def _signal(info: dict, sig: int) -> None:
-    try:
-        os.kill(int(info["pid"]), sig)
-    except PermissionError:
-        raise RexError(f"no permission to signal master {info['pid']} "
-                       "(started by another user?)") from None
-    except ProcessLookupError:
-        pass  # it exited meanwhile: nothing left to tell it
-
-
-def cmd_stop(pid: str | None, timeout: float) -> int:
-    targets = _select(pid)
-    for info in targets:
-        _signal(info, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    waiting = {int(i["pid"]) for i in targets}
-    while waiting:
-        waiting = {p for p in waiting if p in {int(m["pid"]) for m in registry.masters(run_dir())}}
-        if not waiting or time.monotonic() > deadline:
-            break
-        time.sleep(0.05)
-    if waiting:
-        raise RexError(f"master(s) {', '.join(map(str, sorted(waiting)))} still draining after "
-                       f"{timeout:g}s (`kill -QUIT <pid>` stops one at once)")
-    for info in targets:
-        print(f"stopped master {info['pid']}")
-    return EXIT_OK
-
-
-def cmd_reload(pid: str | None) -> int:
-    for info in _select(pid):
-        _signal(info, signal.SIGHUP)
-        print(f"reloading master {info['pid']} ({info['config']})")
-    return EXIT_OK
 
 
 def cmd_status(as_json: bool) -> int:
@@ -609,7 +552,10 @@ def cmd_log(export: str | None) -> int:
     if not os.path.exists(path):
         raise RexError(f"no server log yet at {path}")
     if export:
-        shutil.copyfile(path, export)
+        try:
+            shutil.copyfile(path, export)
+        except OSError as exc:
+            raise RexError(f"cannot export the log to {export}: {exc.strerror}") from None
         print(f"exported {path} to {export}")
         return EXIT_OK
     with open(path, "rb") as f:
@@ -642,15 +588,15 @@ def dispatch(args: dict) -> int:
     commands = (
         ("--version", lambda: print(f"rex {__version__}") or EXIT_OK),
         ("--init", lambda: cmd_init(args["--force"])),
-        ("load", lambda: cmd_load(args["<config>"])),
+        ("load", lambda: cmd_load(args["<config>"], args["-p"], timeout)),
         ("check", lambda: cmd_check(args["<config>"])),
         ("test", lambda: cmd_check(args["-p"])),
         ("start", lambda: cmd_start(config, args["--foreground"], workers and int(workers))),
-        ("stop", lambda: cmd_stop(args["-p"], timeout)),
-        ("reload", lambda: cmd_reload(args["-p"])),
+        ("stop", lambda: control.stop(here(), args["-p"], args["--all"], timeout)),
+        ("reload", lambda: control.reload(here(), args["-p"], timeout)),
         ("status", lambda: cmd_status(args["--json"])),
         ("log", lambda: cmd_log(args["--export"])),
-        ("reset", cmd_reset),
+        ("reset", lambda: control.switch(here(), None, None, timeout)),
     )
     return next(run for name, run in commands if args[name])()
 

@@ -10,7 +10,7 @@ import subprocess
 import sys
 import urllib.request
 
-from conftest import ROOT, alive, free_port, port_open, site_config, wait_for
+from conftest import ROOT, Rex, alive, free_port, port_open, site_config, wait_for
 from test_master import fetch_in_thread, slow_upstream
 
 
@@ -83,16 +83,21 @@ def test_check_good_and_bad(rex):
     assert "Traceback" not in bad.stderr
 
 
-def test_load_and_reset_choose_the_active_config(rex, tmp_path):
+def test_load_and_reset_choose_this_directory_s_active_config(rex, tmp_path):
     other = tmp_path / "other.yaml"
     other.write_text("server:\n  instances:\n    - port: 8123\n")
+    elsewhere = Rex(tmp_path / "elsewhere", rex.home)  # another project, the same REX_HOME
+    elsewhere.workdir.mkdir()
+    elsewhere.write("server:\n  instances:\n    - port: 8124\n")
     result = rex.cli("load", str(other))
     assert result.returncode == 0, result.stderr
-    assert (rex.home / "active").read_text().strip() == str(other)
+    assert result.stdout.strip() == f"active config: {other}"  # no master runs: only recorded
     check = rex.cli("check")
-    assert check.returncode == 0 and str(other) in check.stdout
+    assert check.returncode == 0 and check.stdout.startswith(f"{other}: ok")
+    there = elsewhere.cli("check")  # `rex load` here changed nothing there
+    assert there.returncode == 0 and there.stdout.startswith(f"{elsewhere.config}: ok")
     assert rex.cli("reset").returncode == 0
-    assert not (rex.home / "active").exists()
+    assert f"{rex.config}: config file not found" in rex.cli("check").stderr  # ./rex.config.yaml
 
 
 def test_two_daemonized_masters_status_usr1_and_stop(rex, upstream, daemons):

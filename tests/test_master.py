@@ -113,15 +113,23 @@ def app(environ, start_response):
 
 def test_worker_that_cannot_boot_fails_start_with_the_reason(rex, daemons):
     (rex.workdir / "broken_app.py").write_text(BROKEN_APP)
-    rex.write(site_config(free_port(), {"/": "wsgi:broken_app:app"}, "workers: 1\n"))
+    rex.write(site_config(free_port(), {"/": "wsgi:broken_app:app"}, "workers: 2\n"))
     for args in (("-f",), ()):  # foreground and daemonized
         started = time.monotonic()
         result = rex.cli("start", *args, "-c", str(rex.config))
         assert result.returncode == 1, result.stderr
         last = result.stderr.strip().splitlines()[-1]
-        assert last.startswith("rex: worker 1 could not start: "), result.stderr
-        assert last.endswith("RuntimeError: DATABASE_URL is not set"), last
+        reason = re.fullmatch(r"rex: (worker [12] could not start: .*)", last)
+        assert reason and last.endswith("RuntimeError: DATABASE_URL is not set"), last
         assert time.monotonic() - started < 10
+        # The master's log says what happened: the failure, that it stops, and nothing of
+        # respawning (its other worker is stopped, not replaced).
+        log = result.stderr if args else (rex.home / "rex.log").read_text()
+        said = [line.split("]: ", 1)[1] for line in log.splitlines() if " rex[" in line]
+        assert said[0] == f"{reason[1]}; rex is stopping: the first generation cannot start"
+        assert said[-1] == "rex stopped: it could not start serving", said
+        assert all(re.fullmatch(r"worker [12] \(pid \d+, gen 1\) exited \(.*\)", line)
+                   for line in said[1:-1]), said
     assert not daemons.running()
 
 

@@ -6,11 +6,14 @@ import json
 import os
 import re
 import signal
+import time
 
-from conftest import free_port, send_request, site_config, wait_for
+import pytest
+from conftest import free_port, rss_kb, send_request, site_config, wait_for
 
 from rex_workers.config.loader import load_config
 from rex_workers.master.exposition import Exposition, Retired, sum_counters
+from rex_workers.master.procstat import parse_boot_time, parse_max_fds, parse_stat
 from rex_workers.shared.metrics import BUFFERING, REQUEST_WIDTH, Layout, MetricsTable, Recorder
 
 CONFIG = """\
@@ -167,3 +170,66 @@ def test_known_traffic_over_two_workers_adds_up_exactly(rex, upstream):
     after = scrape()
     assert total(after, "rex_requests_total") == n
     assert total(after, "rex_upstream_failures_total") == failing
+
+
+# -- process_* (procstat.py): the kernel's view of the master and each worker ----------------
+
+STAT = ("4711 (rex: worker 1 [gen 2]) S 4700 4700 4700 0 -1 4194624 9000 0 0 0 "
+        "250 50 0 0 20 0 1 0 123400 987654321 2048 18446744073709551615 1 1 0 0 0 0 0 "
+        "16781312 16386 0 0 0 17 1 0 0 0 0 0 1 1 1 1 1 1 1 0\n")
+LIMITS = ("Limit                     Soft Limit           Hard Limit           Units     \n"
+          "Max cpu time              unlimited            unlimited            seconds   \n"
+          "Max open files            1024                 524288               files     \n")
+
+
+def test_proc_files_parse_into_the_client_libraries_units():
+    # A command name with spaces and brackets, as the process titles make them.
+    cpu, rss, vsize, start = parse_stat(STAT, ticks=100, page=4096, boot=1_700_000_000.0)
+    assert cpu == 3.0  # (utime 250 + stime 50) ticks at 100 per second
+    assert rss == 2048 * 4096 and vsize == 987654321
+    assert start == 1_700_000_000.0 + 1234.0  # boot time + starttime ticks
+    assert parse_max_fds(LIMITS) == 1024
+    assert parse_max_fds(LIMITS.replace("1024 ", "unlimited ")) is None
+    assert parse_boot_time("cpu  1 2 3\nbtime 1700000000\nprocesses 9\n") == 1_700_000_000.0
+
+
+def process_labels(key: str) -> dict[str, str]:
+    return dict(re.findall(r'(\w+)="([^"]*)"', key))
+
+
+def test_process_metrics_of_the_master_and_each_worker(rex, upstream):
+    up = upstream()
+    port, admin = free_port(), free_port()
+    rex.write(site_config(port, {"/": up.url}, f"workers: 2\nadmin: {{port: {admin}}}\n"))
+    rex.start(ports=(port,))
+    workers = wait_for(lambda: len(w := rex.status()["workers"]) == 2 and w, what="two workers")
+    found = samples(admin_get(admin, "/metrics").body.decode())
+    by_process: dict[str, dict[str, float]] = {}
+    for key, value in found.items():
+        if key.startswith("process_"):
+            labels = process_labels(key)
+            who = labels["process"] if labels["process"] == "master" else \
+                f"worker {labels['worker']} gen {labels['generation']}"
+            by_process.setdefault(who, {})[key.split("{")[0]] = value
+            pid = int(labels["pid"])
+            assert pid == rex.pid if who == "master" else pid in {w["pid"] for w in workers}
+    assert set(by_process) == {"master", "worker 1 gen 1", "worker 2 gen 1"}
+    families = {"process_cpu_seconds_total", "process_resident_memory_bytes",
+                "process_virtual_memory_bytes", "process_open_fds", "process_max_fds",
+                "process_start_time_seconds"}
+    for who, values in by_process.items():
+        assert set(values) == families, who
+        pid = rex.pid if who == "master" else next(
+            w["pid"] for w in workers if who.startswith(f"worker {w['worker']} "))
+        assert abs(values["process_resident_memory_bytes"] - rss_kb(pid) * 1024) < 8 << 20
+        assert values["process_open_fds"] == pytest.approx(len(os.listdir(f"/proc/{pid}/fd")),
+                                                           abs=2)
+        assert values["process_max_fds"] >= values["process_open_fds"] > 3
+        assert values["process_virtual_memory_bytes"] >= values["process_resident_memory_bytes"]
+        assert 0 <= values["process_cpu_seconds_total"] < 60
+    # A worker's CPU counts from its fork: booting (importing gevent) takes some.
+    assert sum(v["process_cpu_seconds_total"] for w, v in by_process.items() if w != "master") > 0
+    started = found["rex_start_time_seconds"]
+    assert abs(by_process["master"]["process_start_time_seconds"] - started) < 2
+    assert started - 1 <= by_process["worker 1 gen 1"]["process_start_time_seconds"] <= \
+        time.time()

@@ -194,7 +194,7 @@ def meaning(config: Config) -> Config:
 
 
 def test_every_metric_is_documented_with_its_type():
-    table = dict(re.findall(r"^\| `(rex_\w+)` \| (\w+)", DOCS["metrics.md"], re.M))
+    table = dict(re.findall(r"^\| `((?:rex|process)_\w+)` \| (\w+)", DOCS["metrics.md"], re.M))
     assert table == {name: kind for name, (kind, _help) in FAMILIES.items()}
 
 

@@ -67,6 +67,15 @@ FAMILIES: dict[str, tuple[str, str]] = {
     "rex_site_info": ("gauge", "What each site label stands for."),
     "rex_config_info": ("gauge", "The config being served."),
     "rex_build_info": ("gauge", "The running version of Rex."),
+    # The process collector's families, named and meant as Prometheus' client libraries
+    # export them (procstat.py); labelled by process: the master, or worker N of generation G.
+    "process_cpu_seconds_total": ("counter", "Total user and system CPU time spent in seconds."),
+    "process_resident_memory_bytes": ("gauge", "Resident memory size in bytes."),
+    "process_virtual_memory_bytes": ("gauge", "Virtual memory size in bytes."),
+    "process_open_fds": ("gauge", "Number of open file descriptors."),
+    "process_max_fds": ("gauge", "Maximum number of open file descriptors."),
+    "process_start_time_seconds": ("gauge", "Start time of the process since unix epoch in "
+                                            "seconds."),
 }
 _BOUNDS = (*(f"{b:g}" for b in BUCKETS), "+Inf")
 _LISTENER_COUNTERS = ("rex_connections_total", "rex_tls_handshake_failures_total",

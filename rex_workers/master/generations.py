@@ -7,6 +7,12 @@ only when all its workers are ready does it take over and the old one drain
 (SPEC §9). A reload asked for while a generation is starting waits until
 that one serves or is given up.
 
+Each reload's outcome is kept in ``last`` (the status document shows it):
+when it began, why, the config, and ``starting``, ``ok`` or ``failed`` with
+the reason. ``rex reload`` and ``rex load`` wait on it: a reload that began
+after they sent SIGHUP read the config as it was then, so its outcome is
+theirs to report (``control.py``).
+
 May: build a generation (refuse a config this master cannot serve, bind its
 listeners, map its shared tables), resize the serving one (TTIN/TTOU),
 close the sockets and unmap the tables no generation needs any more, judge
@@ -69,7 +75,9 @@ class Generations:
         self._by_number: dict[int, Generation] = {}
         self.pending: Generation | None = None  # a reload's, until it serves or is given up
         self.queued = ""  # why a reload was asked for while a generation was starting
+        self.queued_path: str | None = None  # and the config `rex load` asked for, if it did
         self.reloads = {"ok": 0, "failed": 0, "last_error": ""}
+        self.last: dict | None = None  # the latest reload and its outcome (see above)
         self.boot_error = ""  # the first generation cannot start: `rex start` fails with it
         self.current = self._new(config)  # binds: Refused when a port is taken
         self.watch = ConfigWatch(config.path)  # the file it was read from, as it is now
@@ -88,7 +96,7 @@ class Generations:
     def snapshot(self) -> tuple:
         """What the status document shows of the generations: it is rewritten when this changes."""
         return (self.current.number, self.current.ready, self.pending and self.pending.number,
-                self.reloads["ok"], self.reloads["failed"])
+                self.reloads["ok"], self.reloads["failed"], self.last and self.last["asked"])
 
     # -- building, resizing and retiring ------------------------------------------------------
     def _new(self, config: Config) -> Generation:
@@ -226,33 +234,41 @@ class Generations:
             self.log.error(f"config file {path} is gone; still serving generation "
                            f"{self.current.number}")
 
-    def reload(self, why: str) -> None:
+    def reload(self, why: str, path: str | None = None) -> None:
+        """Start a generation from ``path`` (``rex load``), else from the served file."""
         from ..config.loader import ConfigError, load_config
 
         starting = self.pending or (None if self.current.ready else self.current)
         if starting is not None:
-            self.queued = why  # runs once the generation starting now has settled
+            # Runs once the generation starting now has settled; a HUP without a path
+            # arriving meanwhile must not drop the config a `rex load` asked for.
+            self.queued, self.queued_path = why, path or self.queued_path
             self.log.info(f"reload ({why}) queued behind generation {starting.number}")
             return
-        path = self.master.config_path()
+        path = path or self.master.config_path()
+        self.last = {"asked": time.time(), "why": why, "config": path, "result": "starting",
+                     "generation": None, "error": "", "finished": None}
+        # The file as it is now is what this reload tries. A failed `rex load` leaves the
+        # watch on the other file for a moment: the served file's next look finds the bytes
+        # it serves and does not reload.
         self.watch.accept(path)
         try:
             self.pending = self._new(load_config(path))
         except Exception as exc:  # even a loader bug must leave the old config serving
             said = isinstance(exc, (ConfigError, Refused))
             error = str(exc) if said else traceback.format_exc().strip()
-            self.reloads["failed"] += 1
-            self.reloads["last_error"] = error
+            self._outcome("failed", error)
             self.log.error(f"reload ({why}) failed; still serving generation "
                            f"{self.current.number}:\n{error}")
             return
+        self.last["generation"] = self.pending.number
         self.log.info(f"reload ({why}): starting generation {self.pending.number} from {path}")
         notify_systemd(b"RELOADING=1\nSTATUS=reloading: starting generation %d"
                        % self.pending.number)
 
     def _switch(self) -> None:
         old, self.current, self.pending = self.current, self.pending, None
-        self.reloads["ok"] += 1
+        self._outcome("ok")
         self._drain(old)  # one TERM: stop accepting, finish, exit
         self.log.info(f"generation {self.current.number} is serving ({self.current.want} "
                       f"workers); generation {old.number} is draining")
@@ -262,8 +278,7 @@ class Generations:
 
     def _abandon(self, reason: str) -> None:
         gen, self.pending = self.pending, None
-        self.reloads["failed"] += 1
-        self.reloads["last_error"] = reason
+        self._outcome("failed", reason)
         self._drain(gen)  # some may already serve: let them finish
         self.log.error(f"reload failed; still serving generation {self.current.number}: {reason}")
         notify_systemd(b"READY=1\nSTATUS=%s (last reload failed)" % self._summary())
@@ -273,7 +288,14 @@ class Generations:
         for proc in self.master.workers(gen.number):
             self.master.drain(proc)
 
+    def _outcome(self, result: str, error: str = "") -> None:
+        self.reloads[result] += 1
+        if error:
+            self.reloads["last_error"] = error
+        if self.last is not None:
+            self.last.update(result=result, error=error, finished=time.time())
+
     def _run_queued(self) -> None:
-        why, self.queued = self.queued, ""
+        why, path, self.queued, self.queued_path = self.queued, self.queued_path, "", None
         if why:
-            self.reload(why)
+            self.reload(why, path)

@@ -3,8 +3,10 @@
 Several masters may run at once (SPEC §2), so each writes ``<pid>.json`` (who it
 is: pid, config, start time, URLs) while it runs and ``<pid>.status`` (its
 workers, refreshed about once a second); ``rex status``, ``stop``, ``reload``
-and ``load`` read them. Files are written atomically (a temporary file, then
-``rename``), so a reader sees the old or the new file, never half of one.
+and ``load`` read them. ``rex load`` leaves ``<pid>.load`` (the config the
+master is to serve) before it sends SIGHUP; the master takes it on that HUP.
+Files are written atomically (a temporary file, then ``rename``), so a reader
+sees the old or the new file, never half of one.
 
 A pid file is stale when its process is gone, or when the pid now belongs to
 another process (pids are reused): the recorded process start time must
@@ -22,7 +24,7 @@ import os
 import time
 
 __all__ = ["atomic_write", "format_status", "masters", "process_start", "read_status", "remove",
-           "statuses", "write_info", "write_status"]
+           "request_load", "statuses", "take_load", "write_info", "write_status"]
 
 
 def atomic_write(path: str, data: str) -> None:
@@ -53,8 +55,25 @@ def write_status(run_dir: str, pid: int, status: dict) -> None:
     atomic_write(_path(run_dir, pid, "status"), json.dumps(status))
 
 
+def request_load(run_dir: str, pid: int, config: str) -> None:
+    """Ask master ``pid`` to serve ``config`` from its next SIGHUP on (``rex load``)."""
+    atomic_write(_path(run_dir, pid, "load"), config)
+
+
+def take_load(run_dir: str, pid: int) -> str | None:
+    """The config a ``rex load`` asked this master to serve, once; None if none asked."""
+    path = _path(run_dir, pid, "load")
+    try:
+        with open(path, encoding="utf-8") as f:
+            config = f.read().strip()
+        os.unlink(path)
+    except OSError:
+        return None
+    return config or None
+
+
 def remove(run_dir: str, pid: int) -> None:
-    for kind in ("json", "status"):
+    for kind in ("json", "status", "load"):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(_path(run_dir, pid, kind))
 
@@ -111,7 +130,19 @@ def format_status(statuses: list[dict]) -> str:
         lines += [_upstream_line(up) for up in st.get("upstreams", ())]
         if st.get("admin"):
             lines.append(f"  admin {st['admin']}")
+        lines += _reload_lines(st.get("last_reload"), st.get("generation", "?"))
     return "\n".join(lines)
+
+
+def _reload_lines(last: dict | None, serving: object) -> list[str]:
+    """The last reload, when it failed: what ``rex reload`` said, for whoever looks later."""
+    if not last or last.get("result") != "failed":
+        return []
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(last.get("finished", 0)))
+    error = str(last.get("error", "")).splitlines() or ["(no reason recorded)"]
+    head = (f"  last reload failed at {when} ({last.get('why', '?')}, {last.get('config', '?')});"
+            f" still serving generation {serving}:")
+    return [head, *(f"    {line}" for line in error)]
 
 
 def _upstream_line(up: dict) -> str:

@@ -2,7 +2,8 @@
 
 ``rex status`` (through the status file), the admin ``/status``, ``/metrics``
 and ``/ready`` all come from here, so they never disagree. May: read the
-master's records, its scoreboard and the generations' shared tables. May not:
+master's records, its scoreboard, the generations' shared tables and, for
+``/metrics``, what ``/proc`` says of each process (``procstat.py``). May not:
 change any of them, signal, fork or import gevent.
 
 ``master`` is the Arbiter (rex.py); what is read of it: ``pid``, ``source``,
@@ -17,6 +18,7 @@ import time
 from dataclasses import dataclass
 
 from ..shared.scoreboard import SlotInfo
+from . import procstat
 from .admin import Answer
 from .exposition import (
     CONTENT_TYPE,
@@ -84,6 +86,7 @@ def status(master, views: list[View] | None = None) -> dict:
         "started": master.started, "uptime": time.time() - master.started,
         "generation": gen.number, "generations": generations, "workers_wanted": gen.want,
         "workers": workers, "restarts": master.restarts, "reloads": master.generations.reloads,
+        "last_reload": master.generations.last,
         "urls": urls(gen.config), "reuse_port": master.listeners.reuse_port,
         "admin": master.admin and master.admin.url, "version": master.version,
         "upstreams": _upstreams(master, views, _totals(master, views)),
@@ -141,7 +144,35 @@ def metrics(master) -> str:
             ("scheme", inst.scheme), ("server_names", ",".join(inst.server_names))))
     out.add("rex_config_info", 1, (("path", gen.config.path), ("digest", gen.config.digest)))
     out.add("rex_build_info", 1, (("version", master.version),))
+    _processes(out, master, views)
     return out.text()
+
+
+def _processes(out: Exposition, master, views: list[View]) -> None:
+    """``process_*`` for the master and every live worker, as the kernel sees them now.
+
+    ``pid`` is a label too: a worker recycling (``max_requests``) drains beside its
+    replacement, which has the same number and generation.
+    """
+    boot = procstat.boot_time()
+    if boot is None:
+        return  # no /proc on this system
+    who = [(master.pid, (("process", "master"), ("pid", str(master.pid))))]
+    who += [(v.proc.pid, (("process", "worker"), ("worker", str(v.proc.wid)),
+                          ("generation", str(v.proc.generation)), ("pid", str(v.proc.pid))))
+            for v in views]
+    for pid, labels in who:
+        usage = procstat.read(pid, boot)
+        if usage is None:
+            continue  # exited since the look at the workers: reaped on the next turn
+        out.add("process_cpu_seconds_total", round(usage.cpu_seconds, 2), labels)
+        out.add("process_resident_memory_bytes", usage.resident_bytes, labels)
+        out.add("process_virtual_memory_bytes", usage.virtual_bytes, labels)
+        out.add("process_start_time_seconds", round(usage.start_time, 2), labels)
+        if usage.open_fds is not None:
+            out.add("process_open_fds", usage.open_fds, labels)
+        if usage.max_fds is not None:
+            out.add("process_max_fds", usage.max_fds, labels)
 
 
 # -- the admin pages (admin.py serves them, rex.py says which path is which) ---------------
