@@ -17,6 +17,7 @@ It is printed by ``bench/run.py`` and held to a budget by
 from __future__ import annotations
 
 import cProfile
+import json
 import os
 import pstats
 import socket
@@ -183,11 +184,17 @@ def measure(count: int = 2000, scenarios: tuple[Scenario, ...] = SCENARIOS) -> d
         upstream.wait()
 
 
-def main() -> int:
-    for name, calls in measure().items():
+def main(argv: list[str]) -> int:
+    """``python -m bench.calls [--json] [--count N]``: the table, or the figures as JSON."""
+    count = int(argv[argv.index("--count") + 1]) if "--count" in argv else 2000
+    figures = measure(count)
+    if "--json" in argv:
+        print(json.dumps(figures))
+        return 0
+    for name, calls in figures.items():
         print(f"{name:<16} {calls:6.1f} Python calls per request")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

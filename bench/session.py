@@ -3,12 +3,14 @@
 The order of events lives here: backend and reference first (without them
 there is nothing to compare), then the contender, whose failure to start is
 reported and leaves the nginx figures standing; a correctness check of every
-URL; interleaved wrk rounds; idle-connection memory; route matching. Every
+URL; interleaved wrk rounds; idle-connection memory; route matching; Python
+calls per request. Every
 problem is collected as one line for the report rather than raised.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import subprocess
@@ -16,9 +18,10 @@ import sys
 from dataclasses import asdict, dataclass, field
 
 from . import idle, report, routes
-from .lab import Lab, System
+from .lab import REPO, Lab, System
 from .procs import Server, StartError
 from .scenarios import (
+    CALLS_TARGETS,
     IDLE_CONNECTIONS,
     IDLE_PATH,
     IDLE_SITE,
@@ -47,6 +50,7 @@ class Results:
     rows: list[report.Row] = field(default_factory=list)
     idle: dict[str, idle.IdleResult] = field(default_factory=dict)
     routes: routes.RoutesResult | None = None
+    calls: dict[str, float] = field(default_factory=dict)  # scenario -> Python calls/request
     problems: list[str] = field(default_factory=list)
     meta: dict = field(default_factory=dict)
 
@@ -58,6 +62,7 @@ class Results:
             "runs": report.runs_json(self.samples),
             "idle": {name: asdict(result) for name, result in self.idle.items()},
             "routes": asdict(self.routes) if self.routes else None,
+            "calls_per_request": self.calls,
         }
 
 
@@ -81,6 +86,7 @@ class Session:
             if measure_idle:
                 self._idle(systems, results, nofile)
         self._routes(results)
+        self._calls(results)
         results.rows[:0] = report.scenario_rows(results.samples, SCENARIOS, REFERENCE,
                                                 contender_name)
         return results
@@ -193,6 +199,24 @@ class Session:
             str(ROUTES_TARGET), report.verdict(ROUTES_TARGET, results.routes.ratio),
             note=f"{cost[small]:,.0f} ns per match with {small} routes, "
                  f"{cost[large]:,.0f} ns with {large} (rex_workers.config.routing.RouteTable)"))
+
+    def _calls(self, results: Results) -> None:
+        """Python calls per request in an in-process worker (``bench/calls.py``): counted
+        in a child process of its own, so the bench itself never runs gevent's hub."""
+        log("counting Python calls per request (bench/calls.py)")
+        run = subprocess.run([sys.executable, "-m", "bench.calls", "--json"], cwd=REPO,
+                             capture_output=True, text=True, timeout=300)
+        try:
+            figures = json.loads(run.stdout)
+        except ValueError:
+            results.problems.append(f"calls per request not measured: {run.stderr[-300:]}")
+            return
+        results.calls = figures
+        for name, calls in figures.items():
+            target = CALLS_TARGETS.get(name)
+            results.rows.append(report.Row(
+                f"calls/request {name}", "calls", None, calls, None,
+                str(target) if target else "", report.verdict(target, calls) if target else ""))
 
     def _meta(self, calibrate: bool) -> dict:
         return {
