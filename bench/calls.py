@@ -68,10 +68,15 @@ for _ in range(count):
 sys.stdout.write("done\n"); sys.stdout.flush()
 """
 
-# The upstream: one thread per connection, keep-alive, a fixed body per path.
+# The upstream: one thread per connection, keep-alive, a fixed body per path, with
+# the head nginx (the bench's backend) sends for a static file.
 _UPSTREAM = r"""
 import socket, sys, threading
 bodies = {b"/13b.bin": b"x" * 13, b"/64k.bin": b"z" * 65536}
+HEAD = (b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Sun, 06 Dec 2026 06:00:00 GMT\r\n"
+        b"Content-Type: application/octet-stream\r\nContent-Length: %d\r\n"
+        b"Last-Modified: Sun, 06 Dec 2026 05:00:00 GMT\r\nConnection: keep-alive\r\n"
+        b'ETag: "6933b6b0-d"\r\nAccept-Ranges: bytes\r\n\r\n')
 srv = socket.create_server(("127.0.0.1", 0))
 sys.stdout.write("%d\n" % srv.getsockname()[1]); sys.stdout.flush()
 def serve(c):
@@ -84,7 +89,7 @@ def serve(c):
             buf += got
         head, _, buf = buf.partition(b"\r\n\r\n")
         body = bodies.get(head.split(b" ", 2)[1], b"")
-        c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+        c.sendall(HEAD % len(body) + body)
 while True:
     c, _ = srv.accept()
     threading.Thread(target=serve, args=(c,), daemon=True).start()

@@ -5,7 +5,9 @@ request costs in one worker does not, so it is what a test can hold. The
 budgets are today's counts with a little room (gevent's hub does not switch
 the same way on every run): a change that adds work to every request shows
 here. Issue 18's aims are 100 for a proxied request and 50 for a small
-static file; when the count drops, lower the budget with it.
+static file; when the count drops, lower the budget with it. (The upstream
+answers with nginx's head for a static file, eight fields: what the bench's
+backend sends. Without the fast lanes the counts were 301, 139 and 331.)
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import sys
 
 from conftest import ROOT
 
-BUDGET = {"proxied 13 B": 205, "static 1 KiB": 116, "proxied 64 KiB": 236}
+BUDGET = {"proxied 13 B": 210, "static 1 KiB": 117, "proxied 64 KiB": 240}
 
 
 def test_python_calls_per_request_stay_within_budget():

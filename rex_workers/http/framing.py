@@ -156,6 +156,33 @@ _WATCHED_LENGTHS = frozenset(
     len(n) for n in (b"content-length", b"transfer-encoding", b"host", *SINGLETONS))
 
 
+class Response:
+    """The head of one upstream response."""
+
+    __slots__ = (
+        "chunked",
+        "content_length",
+        "headers",
+        "keep_alive",
+        "reason",
+        "status",
+        "upgrade",
+        "version",
+    )
+
+    def __init__(self, status: int, version: str, headers: list[tuple[bytes, bytes]],
+                 content_length: int | None, chunked: bool, keep_alive: bool,
+                 upgrade: bool, reason: bytes = b"") -> None:
+        self.status = status
+        self.version = version
+        self.headers = headers
+        self.content_length = content_length
+        self.chunked = chunked
+        self.keep_alive = keep_alive
+        self.upgrade = upgrade
+        self.reason = reason
+
+
 class Reader:
     """What both directions share: event queue, trailers, and the quiet-bytes bound.
 

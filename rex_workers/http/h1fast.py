@@ -26,7 +26,7 @@ from __future__ import annotations
 import re
 
 from .authority import authority_error, host_only
-from .framing import SINGLETONS
+from .framing import SINGLETONS, Response
 from .request import Request
 
 _TCHAR = rb"!#$%&'*+\-.^_`|~0-9A-Za-z"
@@ -41,6 +41,11 @@ _SPECIAL = re.compile(
     rb"(?:^|\n)(host|connection|content-length|transfer-encoding|expect|upgrade|%s):[ \t]*([^\r]*)"
     % b"|".join(sorted(SINGLETONS)), re.IGNORECASE)
 _SLOW = frozenset({b"content-length", b"transfer-encoding", b"expect", b"upgrade"})
+# An upstream's status line and fields; 1xx are left to llhttp (interim responses).
+_RESPONSE = re.compile(rb"HTTP/1\.([01]) ([2-5][0-9][0-9]) ([\t -~\x80-\xff]*)\r\n"
+                       rb"((?:[%s]+:[ \t]*%s\r\n)*)" % (_TCHAR, _VALUE))
+_FRAMING = re.compile(rb"(?:^|\n)(content-length|transfer-encoding|connection):[ \t]*([^\r]*)",
+                      re.IGNORECASE)
 _KEEP = {b"keep-alive": True, b"close": False}
 
 
@@ -92,3 +97,34 @@ def fast_request(head: bytes, client_addr: tuple[str, int], server_port: int,
     return Request(method.decode(), target, "", query, "1.1", _FIELD.findall(block),
                    host_only(host), keep_alive, None, False, False, client_addr,
                    server_port, scheme, raw_path)
+
+
+def fast_response(head: bytes) -> Response | None:
+    """The Response of an upstream's ``head`` (up to its final CRLF) framed by one plain
+    Content-Length, or None: ask llhttp (chunked, close-delimited, 204/304, anything odd)."""
+    match = _RESPONSE.fullmatch(head)
+    if match is None:
+        return None
+    minor, status, reason, block = match.groups()
+    if status in (b"204", b"304"):
+        return None
+    length = None
+    connection = None
+    for name, value in _FRAMING.findall(block):
+        lname = name.lower()
+        if lname == b"content-length" and length is None and value.isdigit() \
+                and len(value) <= 18:
+            length = int(value)
+        elif lname == b"connection" and connection is None:
+            connection = value.lower()
+        else:
+            return None  # Transfer-Encoding, a framing field twice, a length not plain digits
+    if length is None or connection not in _CONNECTIONS:
+        return None
+    # RFC 9112 §9.3: HTTP/1.1 stays open unless "close"; HTTP/1.0 only on "keep-alive".
+    keep_alive = connection != b"close" if minor == b"1" else connection == b"keep-alive"
+    return Response(int(status), "1." + minor.decode(), _FIELD.findall(block), length, False,
+                    keep_alive, False, reason)
+
+
+_CONNECTIONS = frozenset({None, b"keep-alive", b"close"})
