@@ -14,6 +14,7 @@ import difflib
 import ipaddress
 import os
 import re
+import ssl
 from collections.abc import Sequence
 
 import cerberus
@@ -52,6 +53,7 @@ class RexValidator(cerberus.Validator):
         "integer": cerberus.TypeDefinition("integer", (int,), (bool,)),
         "duration": cerberus.TypeDefinition("duration", (int, float), (bool,)),
         "size": cerberus.TypeDefinition("size", (int,), (bool,)),
+        "https_redirect": cerberus.TypeDefinition("https_redirect", (bool, int), ()),
     }
 
     # -- coercers: never raise; a value they cannot read is left for the type rule to report
@@ -170,8 +172,18 @@ class RexValidator(cerberus.Validator):
                                "its own body in a greenlet)")
 
     def _check_with_redirect_https(self, field, value):
-        if value and ("tls" in self.document or "sslConfig" in self.document):
+        if value is not True and value is not False and not 1 <= value <= 65535:
+            self._error(field, "must be true, false or a port (1-65535)")
+        elif value and ("tls" in self.document or "sslConfig" in self.document):
             self._error(field, "an instance with TLS cannot redirect to HTTPS (itself)")
+
+    def _check_with_upstream_tls(self, field, value):
+        if not _speaks_https(self.document):
+            self._error(field, "tls is only for https:// destinations")
+            return
+        problem = _tls_files_problem(value)
+        if problem:
+            self._error(field, problem)
 
     def _check_with_directory(self, field, value):
         name = f"{field} " if isinstance(field, str) else ""  # list items have no name
@@ -207,6 +219,59 @@ class RexValidator(cerberus.Validator):
             self._error(field, f"log directory not found: {os.path.dirname(value)}")
 
 
+def _speaks_https(document: dict) -> bool:
+    """Whether the route or destination mapping holding ``tls:`` names an https:// upstream."""
+    destination = document.get("destination", document.get("url"))
+    entries = destination if isinstance(destination, list) else [destination]
+    for entry in entries:
+        url = entry.get("url") if isinstance(entry, dict) else entry
+        if isinstance(url, str) and url.strip().lower().startswith("https://"):
+            return True
+    return False
+
+
+class _Encrypted(Exception):
+    pass
+
+
+def _no_passphrase() -> bytes:
+    raise _Encrypted  # without a callback OpenSSL would prompt on the terminal
+
+
+def _tls_files_problem(tls: dict) -> str | None:
+    """Why the CA file or the client certificate and key cannot be loaded, or None.
+
+    Checked here, not when a worker first connects, so that a bad file is a config
+    error with its line instead of a 502 later. Missing files are reported by their
+    own fields' ``file`` check.
+    """
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ca, cert, key = tls.get("ca"), tls.get("cert"), tls.get("key")
+    if isinstance(ca, str) and os.path.isfile(ca):
+        try:
+            context.load_verify_locations(cafile=ca)
+        except ssl.SSLError:
+            return f"cannot load CA file {ca}: no PEM certificates in it"
+        except OSError as exc:
+            return f"cannot load CA file {ca}: {exc.strerror or exc}"
+    if not all(isinstance(x, str) and os.path.isfile(x) for x in (cert, key)):
+        return None
+    try:
+        context.load_cert_chain(cert, key, password=_no_passphrase)
+    except _Encrypted:
+        return (f"the key {key} is encrypted with a passphrase; Rex needs an unencrypted key "
+                "(openssl pkey -in KEY -out KEY.plain)")
+    except (ssl.SSLError, OSError) as exc:
+        if getattr(exc, "reason", None) == "KEY_VALUES_MISMATCH":
+            why = "the key does not belong to the certificate"
+        elif isinstance(exc, ssl.SSLError):
+            why = f"not a PEM certificate and key ({exc.reason or exc})"
+        else:
+            why = exc.strerror or str(exc)
+        return f"cannot load client certificate {cert} with key {key}: {why}"
+    return None
+
+
 # ------------------------------------------------------------------ error wording
 
 _TYPE_WORDS = {
@@ -217,6 +282,7 @@ _TYPE_WORDS = {
     "dict": "a mapping",
     "duration": "a duration (seconds, or like 500ms, 30s, 5m, 1h)",
     "size": "a size (bytes, or like 512k, 10m, 1g)",
+    "https_redirect": "true, false or a port (1-65535)",
 }
 
 
@@ -229,6 +295,7 @@ _MESSAGES = {
     errors.REQUIRED_FIELD.code: lambda e: "required field",
     errors.UNKNOWN_FIELD.code: lambda e: "unknown field" + _hint(e.document_path),
     errors.EXCLUDES_FIELD.code: lambda e: f"cannot be used together with {e.constraint}",
+    errors.DEPENDENCIES_FIELD.code: lambda e: f"needs {_names(e.constraint)} beside it",
     errors.EMPTY_NOT_ALLOWED.code: lambda e: "must not be empty",
     errors.NOT_NULLABLE.code: lambda e: "has no value",
     errors.BAD_TYPE.code: _type_message,
@@ -238,6 +305,10 @@ _MESSAGES = {
                                            f" (not {e.value!r})",
     errors.CUSTOM.code: lambda e: e.info[0],
 }
+
+
+def _names(constraint: str | Sequence[str]) -> str:
+    return constraint if isinstance(constraint, str) else " and ".join(constraint)
 
 
 class Problems(cerberus.errors.BaseErrorHandler):
