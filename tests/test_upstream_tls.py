@@ -13,10 +13,12 @@ import json
 import ssl
 import threading
 from http.server import ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 import trustme
 from conftest import Recorder, free_port, send_request, wait_for
+from cryptography.hazmat.primitives import serialization
 
 from rex_workers.config.loader import ConfigError, load_config
 from rex_workers.config.model import UpstreamTLS
@@ -251,6 +253,11 @@ upstream:
 
 
 def test_files_that_do_not_load_are_config_errors_with_their_line(tmp_path, pki):
+    key = serialization.load_pem_private_key(Path(pki["client.key"]).read_bytes(), None)
+    encrypted = tmp_path / "encrypted.key"
+    encrypted.write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(b"secret")))
     path = write(tmp_path, f"""\
 server:
   instances:
@@ -262,6 +269,9 @@ server:
         - path: /b
           destination: https://b.internal
           tls: {{ca: {pki["client.key"]}}}
+        - path: /c
+          destination: https://c.internal
+          tls: {{cert: {pki["client.crt"]}, key: {encrypted}}}
 """)
     with pytest.raises(ConfigError) as caught:
         load_config(path)
@@ -271,4 +281,6 @@ server:
         "certificate",
         f"{path}:10: server.instances.0.routes.1.tls: cannot load CA file {pki['client.key']}: "
         "no PEM certificates in it",
+        f"{path}:13: server.instances.0.routes.2.tls: the key {encrypted} is encrypted with a "
+        "passphrase; Rex needs an unencrypted key (openssl pkey -in KEY -out KEY.plain)",
     ]

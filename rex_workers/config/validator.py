@@ -14,12 +14,12 @@ import difflib
 import ipaddress
 import os
 import re
-import ssl
 from collections.abc import Sequence
 
 import cerberus
 from cerberus import errors
 
+from .pemfiles import client_files_problem
 from .routing import pattern_error
 from .schema import (
     SCHEMA,
@@ -181,7 +181,7 @@ class RexValidator(cerberus.Validator):
         if not _speaks_https(self.document):
             self._error(field, "tls is only for https:// destinations")
             return
-        problem = _tls_files_problem(value)
+        problem = client_files_problem(value)
         if problem:
             self._error(field, problem)
 
@@ -228,48 +228,6 @@ def _speaks_https(document: dict) -> bool:
         if isinstance(url, str) and url.strip().lower().startswith("https://"):
             return True
     return False
-
-
-class _Encrypted(Exception):
-    pass
-
-
-def _no_passphrase() -> bytes:
-    raise _Encrypted  # without a callback OpenSSL would prompt on the terminal
-
-
-def _tls_files_problem(tls: dict) -> str | None:
-    """Why the CA file or the client certificate and key cannot be loaded, or None.
-
-    Checked here, not when a worker first connects, so that a bad file is a config
-    error with its line instead of a 502 later. Missing files are reported by their
-    own fields' ``file`` check.
-    """
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ca, cert, key = tls.get("ca"), tls.get("cert"), tls.get("key")
-    if isinstance(ca, str) and os.path.isfile(ca):
-        try:
-            context.load_verify_locations(cafile=ca)
-        except ssl.SSLError:
-            return f"cannot load CA file {ca}: no PEM certificates in it"
-        except OSError as exc:
-            return f"cannot load CA file {ca}: {exc.strerror or exc}"
-    if not all(isinstance(x, str) and os.path.isfile(x) for x in (cert, key)):
-        return None
-    try:
-        context.load_cert_chain(cert, key, password=_no_passphrase)
-    except _Encrypted:
-        return (f"the key {key} is encrypted with a passphrase; Rex needs an unencrypted key "
-                "(openssl pkey -in KEY -out KEY.plain)")
-    except (ssl.SSLError, OSError) as exc:
-        if getattr(exc, "reason", None) == "KEY_VALUES_MISMATCH":
-            why = "the key does not belong to the certificate"
-        elif isinstance(exc, ssl.SSLError):
-            why = f"not a PEM certificate and key ({exc.reason or exc})"
-        else:
-            why = exc.strerror or str(exc)
-        return f"cannot load client certificate {cert} with key {key}: {why}"
-    return None
 
 
 # ------------------------------------------------------------------ error wording
