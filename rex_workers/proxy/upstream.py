@@ -53,12 +53,15 @@ def send_problem(sock: socket.socket, exc: OSError) -> str:
     the alert waits unread. Reading it says what to fix.
     """
     if isinstance(exc, ssl.SSLError):  # so ``sock`` speaks TLS (gevent's SSLSocket)
+        sock.settimeout(0.0)  # an alert came before the close the send saw: never wait
         try:
-            sock.recv(1)  # the close is already here: this returns at once
+            sock.recv(1)
+        except (ssl.SSLWantReadError, BlockingIOError):
+            pass  # nothing came: the send's own error says it
         except ssl.SSLError as alert:
             return tls_problem(alert)
         except OSError:
-            pass  # no alert after all: the send's own error says it
+            pass  # a reset, say: the send's own error says it
     return tls_problem(exc)
 
 
