@@ -32,6 +32,7 @@ setup(
             "requests>=2.31",
             "websocket-client>=1.7",
             "trustme>=1.1",
+            "cryptography",  # trustme's own; the tests also encrypt a key with it
             "flask>=3.0",
             "django>=4.2",
             "ruff>=0.5",

@@ -9,7 +9,9 @@ security rules can be read, and tested, in one place:
 - the raw path is re-checked on its own (defence in depth, not trusting the
   connection handler's normalisation): ``..`` in any spelling, however many
   times percent-encoded, backslashes, NUL, invalid or overlong UTF-8 and drive
-  letters are refused;
+  letters never reach the file system (``StaticSite`` then steps aside, so
+  the routes decide as on an instance without a root); the decoded path with
+  any of them is refused;
 - a resolved path must stay under the root unless ``follow_symlinks``;
 - dotfiles are hidden unless ``dotfiles`` (``/.well-known/`` always visible).
 

@@ -100,12 +100,18 @@ class StaticSite:
         req = stream.request
         if req.method not in _METHODS:
             return False
-        # req.path comes normalised from the handler; the raw path is checked
-        # again here so that no single bug there can open the file system.
-        problem = raw_path_problem(req.raw_path) or path_problem(req.path)
+        # req.path comes normalised from the handler; it is checked again here so
+        # that no single bug there can open the file system.
+        problem = path_problem(req.path)
         if problem is not None:
             self._refuse(stream, Refuse(FORBIDDEN, problem), req.path)
             return True
+        # A raw spelling no browser sends (dot-segments, encoded dots, backslashes)
+        # never reads the file system, and never decides the request either: the
+        # root steps aside as if it had no file, so the routes answer exactly as
+        # they would on an instance without `public` (docs/static.md).
+        if raw_path_problem(req.raw_path) is not None:
+            return False
         path = req.path
         try:
             decision = self._decide(path, lambda: resolve(self.root, path, self.opts,

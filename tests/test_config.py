@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import trustme
 import yaml
 from hypothesis import HealthCheck as Health
 from hypothesis import given, settings
@@ -389,6 +390,12 @@ def test_docs_example_loads(number: int, tmp_path: Path) -> None:
         (tmp_path / directory).mkdir()
     for name in ("site.crt", "site.key"):
         (tmp_path / "certs" / name).write_text("placeholder: only existence is checked\n")
+    # Upstream TLS files are loaded by the config check: these must be real PEM.
+    ca = trustme.CA()
+    ca.cert_pem.write_to_path(str(tmp_path / "certs" / "internal-ca.pem"))
+    client = ca.issue_cert("rex-client.internal")
+    client.cert_chain_pems[0].write_to_path(str(tmp_path / "certs" / "rex-client.crt"))
+    client.private_key_pem.write_to_path(str(tmp_path / "certs" / "rex-client.key"))
     config_file = tmp_path / "rex.config.yaml"
     config_file.write_text(_doc_examples()[number])
     assert load_config(str(config_file)).instances

@@ -120,3 +120,44 @@ def test_active_checks_take_an_upstream_out_and_bring_it_back(checked):
     wait_for(lambda: verdict(admin, a.url) == ("up", 2), what="a back up in every worker")
     hit(port, 10)
     assert a.server.hits > before
+
+
+def test_a_route_shows_only_its_own_health_check(rex, upstream):
+    """Issue 17: a route without a check showed the probe another route defined for the
+    same upstream; a second check (another path) showed whichever was read last."""
+    a = flaky(upstream)
+    port, admin = free_port(), free_port()
+    rex.write(site_config(port, f"""\
+        - path: /checked
+          destination: "{a.url}"
+          health_check: {{path: /health, interval: 100ms, fails: 1}}
+        - path: /plain
+          destination: "{a.url}"
+        - path: /other
+          destination: "{a.url}"
+          health_check: {{path: /other-health, interval: 100ms}}
+    """, f"""\
+        workers: 1
+        logging: {{access: off}}
+        admin: {{port: {admin}}}
+    """))
+    rex.start(ports=(port, admin))
+    a.server.healthy = False  # /health fails; /other-health (any other path) answers 200
+
+    def rows() -> dict | None:
+        found = {u["route"]: u for u in admin_status(admin)["upstreams"]}
+        checked, other = found["/checked"]["health_check"], found["/other"]["health_check"]
+        done = checked["state"] == "down" and other["probes"] >= 2
+        return found if done and found["/checked"]["up_in"] == 0 else None
+
+    found = wait_for(rows, what="both checks probed, /checked taken out")
+    assert found["/plain"]["health_check"] is None
+    assert found["/plain"]["up_in"] == 1  # and its traffic still goes there
+    assert found["/checked"]["health_check"]["path"] == "/health"
+    assert found["/other"]["health_check"]["path"] == "/other-health"
+    assert found["/other"]["health_check"]["state"] == "up"
+    lines = rex.cli("status").stdout.splitlines()
+    [plain] = [line for line in lines if "route /plain " in line]
+    assert "health" not in plain
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/plain", timeout=5) as resp:
+        assert resp.status == 200

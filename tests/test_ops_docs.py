@@ -64,11 +64,15 @@ def materialize(directory: Path, text: str, ca: trustme.CA, name: str = "rex.con
         tls = inst.get("tls") or inst.get("sslConfig")
         if tls:
             issued = ca.issue_cert(*(inst.get("server_names") or ["localhost"]))
-            for name, pem in (("cert", issued.cert_chain_pems[0]),
-                              ("key", issued.private_key_pem)):
-                assert not Path(tls[name]).is_absolute(), "examples use paths the test can make"
-                (directory / tls[name]).parent.mkdir(parents=True, exist_ok=True)
-                pem.write_to_path(str(directory / tls[name]))
+            write_pems(directory, tls, cert=issued.cert_chain_pems[0],
+                       key=issued.private_key_pem)
+        for route in inst.get("routes") or ():
+            destinations = route["destination"]
+            for entry in [route, *(destinations if isinstance(destinations, list) else ())]:
+                if isinstance(entry, dict) and "tls" in entry:  # an upstream's: all real PEM
+                    client = ca.issue_cert("rex-client.test")
+                    write_pems(directory, entry["tls"], ca=ca.cert_pem,
+                               cert=client.cert_chain_pems[0], key=client.private_key_pem)
         if inst.get("public"):
             (directory / inst["public"]).mkdir(parents=True, exist_ok=True)
     for target in (raw.get("logging") or {}).values():
@@ -191,6 +195,15 @@ def meaning(config: Config) -> Config:
 
 
 # ------------------------------------------------------------------ tables match the code
+
+
+def write_pems(directory: Path, tls: dict, **pems) -> None:
+    """The PEM files a ``tls:`` mapping names, where it names them."""
+    for field, pem in pems.items():
+        if field in tls:
+            assert not Path(tls[field]).is_absolute(), "examples use paths the test can make"
+            (directory / tls[field]).parent.mkdir(parents=True, exist_ok=True)
+            pem.write_to_path(str(directory / tls[field]))
 
 
 def test_every_metric_is_documented_with_its_type():

@@ -21,6 +21,10 @@ import pytest
 import trustme
 from conftest import free_port, read_reply, send_request, wait_for
 
+from rex_workers.config.loader import load_config
+from rex_workers.http.request import Request
+from rex_workers.serve.site import RedirectHttps
+
 BIG = os.urandom(300 * 1024)  # past any single TLS record and socket buffer
 
 
@@ -71,6 +75,7 @@ def site(rex_module, upstream_module, ca, tmp_path_factory):
     (public / "big.bin").write_bytes(BIG)
     rec = upstream_module()
     tls_port, http_port, admin_port = free_port(), free_port(), free_port()
+    to_port = free_port()  # redirects to a port named in the config
     rex_module.write(f"""\
         server:
           instances:
@@ -90,13 +95,17 @@ def site(rex_module, upstream_module, ca, tmp_path_factory):
             - port: {http_port}
               host: 127.0.0.1
               redirect_https: true
+            - port: {to_port}
+              host: 127.0.0.1
+              redirect_https: 8443
         timeouts: {{header: 1}}
         logging: {{access: off}}
         admin: {{port: {admin_port}}}
         workers: 1
     """)
-    rex_module.start(ports=(tls_port, http_port))
-    return {"tls": tls_port, "http": http_port, "admin": admin_port, "rec": rec}
+    rex_module.start(ports=(tls_port, http_port, to_port))
+    return {"tls": tls_port, "http": http_port, "admin": admin_port, "rec": rec,
+            "to": to_port}
 
 
 def test_https_end_to_end_forwards_proto_https(site, ca):
@@ -138,16 +147,56 @@ def test_static_file_over_tls_falls_back_from_sendfile(site, ca):
     assert reply.body == BIG
 
 
-def test_redirect_instance_sends_308_to_https(site):
-    reply = send_request(site["http"], b"POST /form?a=1 HTTP/1.1\r\nHost: shop.example:8080\r\n"
-                                       b"Content-Length: 0\r\n\r\n")
-    assert reply.status == 308  # keeps the method and body (RFC 9110 §15.4.9)
-    assert reply.headers["location"] == "https://shop.example/form?a=1"
+def test_redirect_instance_sends_308_to_the_https_port(site):
+    tls = site["tls"]  # not 443: the redirect must name it (issue 17)
+    for host in (b"a.test", b"b.test", b"shop.example"):  # the TLS port's default site too
+        reply = send_request(site["http"], b"POST /form?a=1 HTTP/1.1\r\nHost: " + host +
+                             b":8080\r\nContent-Length: 0\r\n\r\n")
+        assert reply.status == 308  # keeps the method and body (RFC 9110 §15.4.9)
+        assert reply.headers["location"] == f"https://{host.decode()}:{tls}/form?a=1"
 
 
 def test_redirect_keeps_an_ipv6_literal_whole(site):
     reply = send_request(site["http"], b"GET /p HTTP/1.1\r\nHost: [::1]:8080\r\n\r\n")
-    assert reply.status == 308 and reply.headers["location"] == "https://[::1]/p"
+    assert reply.status == 308 and reply.headers["location"] == f"https://[::1]:{site['tls']}/p"
+
+
+def test_redirect_to_the_port_the_config_names(site):
+    reply = send_request(site["to"], b"GET /p?q HTTP/1.1\r\nHost: a.test\r\n\r\n")
+    assert reply.status == 308 and reply.headers["location"] == "https://a.test:8443/p?q"
+
+
+def test_the_redirect_port_follows_the_host_like_the_tls_listeners_do(tmp_path):
+    """Each host goes to the port of the TLS instance that would serve it; 443 is left out."""
+    (tmp_path / "c.pem").write_text("only existence is checked here")
+    tls = "tls: {cert: c.pem, key: c.pem}"
+    path = tmp_path / "rex.config.yaml"
+    path.write_text(f"""\
+server:
+  instances:
+    - {{port: 8080, host: 127.0.0.1, redirect_https: true}}
+    - {{port: 8443, host: 127.0.0.1, server_names: [a.test], {tls}}}
+    - {{port: 9443, host: 0.0.0.0, server_names: ["*.b.test"], {tls}}}
+    - {{port: 7443, host: 127.0.0.2, server_names: [c.test], {tls}}}
+    - {{port: 443, host: 127.0.0.1, server_names: [d.test], {tls}}}
+    - {{port: 8081, host: 127.0.0.1, redirect_https: 4443}}
+    - {{port: 8082, host: "::1", redirect_https: true}}
+""")
+    instances = load_config(str(path)).instances
+
+    def location(index: int, host: str) -> str:
+        req = Request(method="GET", target=b"/x", path="/x", query=b"", version="1.1",
+                      headers=[], raw_path=b"/x", host=host)
+        fields = dict(RedirectHttps(instances[index].https_ports)(req).headers)
+        return fields[b"Location"].decode()
+
+    assert location(0, "a.test") == "https://a.test:8443/x"
+    assert location(0, "www.b.test") == "https://www.b.test:9443/x"  # a wildcard address
+    assert location(0, "c.test") == "https://c.test:8443/x"  # 127.0.0.2: not reachable here
+    assert location(0, "d.test") == "https://d.test/x"
+    assert location(0, "elsewhere.test") == "https://elsewhere.test:8443/x"  # the first
+    assert location(5, "a.test") == "https://a.test:4443/x"
+    assert location(6, "a.test") == "https://a.test/x"  # no TLS instance on IPv6: 443
 
 
 def test_failed_handshakes_cost_only_their_own_connection(site, ca):

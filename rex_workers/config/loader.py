@@ -30,6 +30,7 @@ from .model import (
     StaticOptions,
     Timeouts,
     Upstream,
+    UpstreamTLS,
 )
 from .schema import SCHEMA, parse_destination
 from .validator import RexValidator
@@ -283,11 +284,16 @@ def _usable_cpus() -> int:
         return os.cpu_count() or 1
 
 
-def _upstream(entry: str | dict) -> Upstream:
+def _upstream(entry: str | dict, route_tls: dict | None = None) -> Upstream:
+    """One destination; its own ``tls:`` overrides its route's (``route_tls``) key by key."""
     if isinstance(entry, str):
-        return parse_destination(entry)
-    options = {k: v for k, v in entry.items() if k != "url"}
-    return replace(parse_destination(entry["url"]), **options)
+        entry = {"url": entry}
+    options = {k: v for k, v in entry.items() if k not in ("url", "tls")}
+    up = parse_destination(entry["url"])
+    tls = {**(route_tls or {}), **entry.get("tls", {})}
+    if tls and up.scheme == "https":  # a route's tls: leaves its http:// destinations alone
+        options["tls"] = UpstreamTLS(**tls)
+    return replace(up, **options)
 
 
 def _present(raw: dict, keys: tuple[str, ...]) -> dict:
@@ -303,7 +309,7 @@ def _route(raw: dict, index: int, line: int, timeouts: Timeouts) -> Route:
         options["wsgi"] = destination.strip()[len("wsgi:"):]
     else:
         entries = destination if isinstance(destination, list) else [destination]
-        options["upstreams"] = tuple(_upstream(e) for e in entries)
+        options["upstreams"] = tuple(_upstream(e, raw.get("tls")) for e in entries)
     if "methods" in raw:
         options["methods"] = frozenset(raw["methods"])
     if "balance" in raw:
@@ -322,7 +328,11 @@ def _balance(name: str) -> str:
 
 def _instance(raw: dict, index: int, lines: dict, timeouts: Timeouts) -> Instance:
     where = ("server", "instances", index)
-    options = _present(raw, ("host", "public", "redirect_https"))
+    options = _present(raw, ("host", "public"))
+    redirect = raw.get("redirect_https", False)
+    if redirect is not False:  # a port number, or true: the port is found once all are built
+        options["redirect_https"] = True
+        options["https_ports"] = () if redirect is True else (((), redirect),)
     tls = raw.get("tls") or raw.get("sslConfig")
     if tls:
         options["tls"] = TLS(cert=tls["cert"], key=tls["key"])
@@ -357,6 +367,25 @@ def _redirect_bare_http(instances: tuple[Instance, ...], raw: list[dict],
         for i in instances)
 
 
+def _https_ports(instances: tuple[Instance, ...]) -> tuple[Instance, ...]:
+    """Where each ``redirect_https: true`` instance sends its clients.
+
+    To the TLS instances reachable at the same address (same host, or either
+    binds a wildcard), as (server_names, port) in file order: the request's
+    Host then picks one the way a TLS listener picks its site (exact name,
+    wildcard, the first without names, the first). With none, to 443.
+    """
+    with_tls = [i for i in instances if i.tls]
+    out = []
+    for inst in instances:
+        if inst.redirect_https and not inst.https_ports:
+            ports = tuple((i.server_names, i.port) for i in with_tls
+                          if _overlap(i.host, inst.host))
+            inst = replace(inst, https_ports=ports or (((), 443),))
+        out.append(inst)
+    return tuple(out)
+
+
 def _logging(raw: dict) -> Logging:
     options = dict(raw)
     if options.get("access", "stdout") in ("off", False, None):
@@ -379,7 +408,7 @@ def _build(doc: dict, lines: dict, path: str, digest: str) -> Config:
     upstream = tuple(_upstream(e) for e in doc.get("upstream") or ())
     return Config(
         path=path, digest=digest, timeouts=timeouts,
-        instances=_redirect_bare_http(instances, raw_instances, bool(upstream)),
+        instances=_https_ports(_redirect_bare_http(instances, raw_instances, bool(upstream))),
         upstream=upstream,
         limits=Limits(**doc.get("limits", {})),
         buffering=Buffering(**doc.get("buffering", {})),

@@ -51,6 +51,17 @@ class Buffering:
 
 
 @dataclass(frozen=True, slots=True)
+class UpstreamTLS:
+    """How Rex speaks TLS to an ``https://`` upstream (``tls:`` on a route or a destination)."""
+
+    ca: str | None = None  # PEM file of the CAs to trust instead of the system's; absolute
+    verify: bool = True  # False: any certificate, any name (development only)
+    server_name: str | None = None  # SNI and the name to verify; None: the destination's host
+    cert: str | None = None  # client certificate (PEM), for upstreams that ask for one
+    key: str | None = None  # its private key, unencrypted
+
+
+@dataclass(frozen=True, slots=True)
 class Upstream:
     """One backend address. ``base_path`` is "" unless the destination had a path."""
 
@@ -63,12 +74,23 @@ class Upstream:
     backup: bool = False
     max_fails: int = 1
     fail_timeout: float = 10.0
-    # Stable identity used by balancers, health state, the pool and metrics; made
-    # once here because the hot path asks for it several times per request.
+    tls: UpstreamTLS | None = None  # https only; None: verified against the system's CAs
+    # Stable identity used by balancers, health state and metrics; made once here
+    # because the hot path asks for it several times per request.
     key: str = field(init=False, repr=False, compare=False)
+    # What a connection to it is pooled and probed by: the address and how TLS is
+    # spoken there (two client certificates for one server are two identities).
+    conn_key: tuple = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "key", f"{self.scheme}://{self.host}:{self.port}")
+        key = f"{self.scheme}://{self.host}:{self.port}"
+        object.__setattr__(self, "key", key)
+        object.__setattr__(self, "conn_key", (key, self.tls))
+
+    @property
+    def tls_name(self) -> str:
+        """The name sent by SNI and checked in the upstream's certificate."""
+        return (self.tls and self.tls.server_name) or self.host
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +150,10 @@ class Instance:
     server_names: tuple[str, ...] = ()  # empty: any host
     tls: TLS | None = None
     redirect_https: bool = False  # answer every request with a 308 to https
+    # Where that redirect goes: (server_names, port) of each TLS instance reachable at
+    # this instance's address, in file order; the request's Host picks one as a TLS
+    # listener picks its site. ``redirect_https: 8443`` gives (((), 8443),).
+    https_ports: tuple[tuple[tuple[str, ...], int], ...] = ()
     routes: tuple[Route, ...] = ()
     static: StaticOptions = field(default_factory=StaticOptions)
     line: int = 0

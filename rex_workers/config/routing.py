@@ -3,10 +3,11 @@
 ``RouteTable`` compiles one instance's routes into a segment trie once per
 config (SPEC §4), so a lookup walks the path's segments, not the route list.
 ``VirtualHosts`` picks the instance for a Host header among those sharing one
-listening address. Tables are built eagerly: ``listeners(config)`` compiles
-every instance's table when the master calls it, before fork, so a bad pattern
-fails at load time and the workers share one copy; ``VirtualHosts.table()``
-hands out the instance's table.
+listening address (a ``NameTable``, which also picks an HTTPS redirect's
+port). Tables are built eagerly: ``listeners(config)`` compiles every
+instance's table when the master calls it, before fork, so a bad pattern fails
+at load time and the workers share one copy; ``VirtualHosts.table()`` hands
+out the instance's table.
 
 Choices SPEC §4 leaves open: a pattern's trailing slash is ignored ("/api/"
 is "/api"); specificity is the count of characters that are not "*" or "?"
@@ -25,8 +26,11 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from itertools import chain
 from operator import attrgetter
+from typing import Generic, TypeVar
 
 from .model import Config, Instance, Route
+
+T = TypeVar("T")
 
 DEEP = "**"
 _WILDCARD = re.compile(r"\*+|\?")
@@ -245,34 +249,34 @@ def _first_accepting(entries: list[_Entry], method: str) -> _Entry | None:
     return None
 
 
-class VirtualHosts:
-    """The instances sharing one listener, chosen by Host like nginx's ``server_name``.
+class NameTable(Generic[T]):
+    """Values chosen by host name like nginx's ``server_name``.
 
     Exact names first, then ``*.example.com`` wildcards (longest suffix wins;
-    it does not match ``example.com`` itself), then the first instance without
-    ``server_names``, else the first instance: the default server.
+    it does not match ``example.com`` itself), then the first value without
+    names, else the first value: the default. Used for the instances of a
+    listener and for the port an HTTPS redirect goes to.
     """
 
-    def __init__(self, instances: Sequence[Instance]) -> None:
-        if not instances:
-            raise ValueError("VirtualHosts needs at least one instance")
-        self.instances = tuple(instances)
-        self._exact: dict[str, Instance] = {}
-        self._suffixes: dict[str, Instance] = {}  # ".example.com" -> instance
-        for instance in self.instances:
-            for name in instance.server_names:
+    def __init__(self, entries: Sequence[tuple[Sequence[str], T]]) -> None:
+        if not entries:
+            raise ValueError("NameTable needs at least one entry")
+        self._exact: dict[str, T] = {}
+        self._suffixes: dict[str, T] = {}  # ".example.com" -> value
+        for names, value in entries:
+            for name in names:
                 name = name.lower().rstrip(".")
                 if name.startswith("*."):
-                    self._suffixes.setdefault(name[1:], instance)
+                    self._suffixes.setdefault(name[1:], value)
                 else:
-                    self._exact.setdefault(name, instance)
-        unnamed = [i for i in self.instances if not i.server_names]
-        self.default = unnamed[0] if unnamed else self.instances[0]
-        self._tables = {i.index: RouteTable(i.routes) for i in self.instances}
+                    self._exact.setdefault(name, value)
+        unnamed = [value for names, value in entries if not names]
+        self.default: T = unnamed[0] if unnamed else entries[0][1]
+        self._single = len(entries) == 1
 
-    def select(self, host: str) -> Instance:
-        """The instance for ``host`` (lower-case, without port; "" when absent)."""
-        if len(self.instances) == 1:
+    def select(self, host: str) -> T:
+        """The value for ``host`` (lower-case, without port; "" when absent)."""
+        if self._single:
             return self.default
         host = host.rstrip(".")  # "example.com." is the same name (RFC 1034 §3.1)
         found = self._exact.get(host)
@@ -286,6 +290,19 @@ class VirtualHosts:
                 return found
             dot = host.find(".", dot + 1)
         return self.default
+
+
+class VirtualHosts:
+    """The instances sharing one listener, chosen by Host (``NameTable``)."""
+
+    def __init__(self, instances: Sequence[Instance]) -> None:
+        if not instances:
+            raise ValueError("VirtualHosts needs at least one instance")
+        self.instances = tuple(instances)
+        names = NameTable([(i.server_names, i) for i in self.instances])
+        self.default = names.default
+        self.select = names.select
+        self._tables = {i.index: RouteTable(i.routes) for i in self.instances}
 
     def table(self, instance: Instance) -> RouteTable:
         """The compiled routes of one of this listener's instances."""

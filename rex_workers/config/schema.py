@@ -40,8 +40,25 @@ def _list_of(item: dict) -> dict:
     return {"type": "list", "coerce": "listify", "schema": item}
 
 
+# How Rex speaks TLS to https:// upstreams: on a route (all its https destinations) or on
+# one destination mapping (nearest wins, key by key). Names as nginx's proxy_ssl_* and
+# Caddy's transport tls options say them.
+PEM_FILE = {"type": "string", "empty": False, "coerce": "path", "check_with": "file"}
+UPSTREAM_TLS = {
+    "type": "dict",
+    "check_with": "upstream_tls",
+    "schema": {
+        "ca": PEM_FILE,
+        "verify": BOOL,
+        "server_name": {"type": "string", "coerce": "lower", "check_with": "host"},
+        "cert": {**PEM_FILE, "dependencies": "key"},
+        "key": {**PEM_FILE, "dependencies": "cert"},
+    },
+}
+
 UPSTREAM = {
     "url": {"type": "string", "required": True, "check_with": "url"},
+    "tls": UPSTREAM_TLS,
     "weight": _count(1),
     "backup": BOOL,
     "max_fails": _count(0),  # 0 turns passive health off for this upstream (nginx)
@@ -86,6 +103,7 @@ ROUTE = {
     "pool": {**_count(1), "check_with": "wsgi_only"},
     "buffer_requests": {**BOOL, "check_with": "proxy_only"},
     "buffer_responses": {**BOOL, "check_with": "proxy_only"},
+    "tls": UPSTREAM_TLS,
 }
 
 TLS = {
@@ -112,7 +130,8 @@ INSTANCE = {
     "sslConfig": {"type": "dict", "schema": TLS},  # the original's spelling
     "tls": {"type": "dict", "schema": TLS, "excludes": "sslConfig"},
     "server_names": _list_of({"type": "string", "coerce": "lower", "check_with": "server_name"}),
-    "redirect_https": {**BOOL, "check_with": "redirect_https"},
+    # true: to the TLS instance's port for the request's host; a number: to that port
+    "redirect_https": {"type": "https_redirect", "check_with": "redirect_https"},
     "static": {"type": "dict", "schema": STATIC},
 }
 

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 import cerberus
 from cerberus import errors
 
+from .pemfiles import client_files_problem
 from .routing import pattern_error
 from .schema import (
     SCHEMA,
@@ -52,6 +53,7 @@ class RexValidator(cerberus.Validator):
         "integer": cerberus.TypeDefinition("integer", (int,), (bool,)),
         "duration": cerberus.TypeDefinition("duration", (int, float), (bool,)),
         "size": cerberus.TypeDefinition("size", (int,), (bool,)),
+        "https_redirect": cerberus.TypeDefinition("https_redirect", (bool, int), ()),
     }
 
     # -- coercers: never raise; a value they cannot read is left for the type rule to report
@@ -170,8 +172,18 @@ class RexValidator(cerberus.Validator):
                                "its own body in a greenlet)")
 
     def _check_with_redirect_https(self, field, value):
-        if value and ("tls" in self.document or "sslConfig" in self.document):
+        if value is not True and value is not False and not 1 <= value <= 65535:
+            self._error(field, "must be true, false or a port (1-65535)")
+        elif value and ("tls" in self.document or "sslConfig" in self.document):
             self._error(field, "an instance with TLS cannot redirect to HTTPS (itself)")
+
+    def _check_with_upstream_tls(self, field, value):
+        if not _speaks_https(self.document):
+            self._error(field, "tls is only for https:// destinations")
+            return
+        problem = client_files_problem(value)
+        if problem:
+            self._error(field, problem)
 
     def _check_with_directory(self, field, value):
         name = f"{field} " if isinstance(field, str) else ""  # list items have no name
@@ -207,6 +219,17 @@ class RexValidator(cerberus.Validator):
             self._error(field, f"log directory not found: {os.path.dirname(value)}")
 
 
+def _speaks_https(document: dict) -> bool:
+    """Whether the route or destination mapping holding ``tls:`` names an https:// upstream."""
+    destination = document.get("destination", document.get("url"))
+    entries = destination if isinstance(destination, list) else [destination]
+    for entry in entries:
+        url = entry.get("url") if isinstance(entry, dict) else entry
+        if isinstance(url, str) and url.strip().lower().startswith("https://"):
+            return True
+    return False
+
+
 # ------------------------------------------------------------------ error wording
 
 _TYPE_WORDS = {
@@ -217,6 +240,7 @@ _TYPE_WORDS = {
     "dict": "a mapping",
     "duration": "a duration (seconds, or like 500ms, 30s, 5m, 1h)",
     "size": "a size (bytes, or like 512k, 10m, 1g)",
+    "https_redirect": "true, false or a port (1-65535)",
 }
 
 
@@ -229,6 +253,7 @@ _MESSAGES = {
     errors.REQUIRED_FIELD.code: lambda e: "required field",
     errors.UNKNOWN_FIELD.code: lambda e: "unknown field" + _hint(e.document_path),
     errors.EXCLUDES_FIELD.code: lambda e: f"cannot be used together with {e.constraint}",
+    errors.DEPENDENCIES_FIELD.code: lambda e: f"needs {_names(e.constraint)} beside it",
     errors.EMPTY_NOT_ALLOWED.code: lambda e: "must not be empty",
     errors.NOT_NULLABLE.code: lambda e: "has no value",
     errors.BAD_TYPE.code: _type_message,
@@ -238,6 +263,10 @@ _MESSAGES = {
                                            f" (not {e.value!r})",
     errors.CUSTOM.code: lambda e: e.info[0],
 }
+
+
+def _names(constraint: str | Sequence[str]) -> str:
+    return constraint if isinstance(constraint, str) else " and ".join(constraint)
 
 
 class Problems(cerberus.errors.BaseErrorHandler):

@@ -153,13 +153,14 @@ def upstream_states(layout: Layout, values) -> list[dict]:
 
 
 def upstream_summary(layout: Layout, serving: list, totals: dict[Key, float],
-                     health: list[dict]) -> list[dict]:
+                     health: dict[tuple, dict]) -> list[dict]:
     """Per upstream of the current config: how many serving workers use it, failures, probes.
 
     ``serving`` holds the arrays of the current generation's serving workers;
-    ``health`` the rows of its health table (``HealthTable.read``).
+    ``health`` the rows of its health table (``HealthTable.read``) by (upstream
+    ``conn_key``, check). A row shows the probe of its own route's check only: a
+    route without one shows none, whatever another route probes on the same upstream.
     """
-    probes = {row["key"]: row for row in health}
     views = [upstream_states(layout, values) for values in serving]
     summary = []
     for row, up in enumerate(layout.upstreams):
@@ -170,7 +171,8 @@ def upstream_summary(layout: Layout, serving: list, totals: dict[Key, float],
             "up_in": sum(s["up"] for s in states), "workers": len(states),
             "fails": sum(s["fails"] for s in states), "conns": sum(s["conns"] for s in states),
             "failures": int(totals.get(("rex_upstream_failures_total", where), 0)),
-            "health_check": probes.get(up.upstream.key),
+            "health_check": (health.get((up.upstream.conn_key, up.check))
+                             if up.check is not None else None),
         })
     return summary
 

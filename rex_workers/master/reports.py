@@ -100,7 +100,8 @@ def _totals(master, views: list[View]) -> dict:
 def _upstreams(master, views: list[View], totals: dict) -> list[dict]:
     gen = master.generations.current
     serving = [v.values for v in views if v.gen is gen and v.state == "ready"]
-    health = [gen.health.read(row) for row in range(len(gen.health.targets))]
+    health = {(up.conn_key, check): gen.health.read(row)
+              for row, (up, check) in enumerate(gen.health.targets)}
     return upstream_summary(gen.metrics.layout, serving, totals, health)
 
 

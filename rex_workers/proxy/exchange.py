@@ -31,7 +31,7 @@ from .headers import TrustedProxies
 from .relay import Buffers, Relay
 from .spool import Spool
 from .state import Exchange, Target
-from .upstream import ConnectionPool, UpstreamError, abort
+from .upstream import ConnectionPool, UpstreamError, abort, send_problem
 
 # RFC 9110 §9.2.2; these may be sent again when a first attempt got no answer.
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
@@ -219,7 +219,8 @@ def _exchange(ex: Exchange, relay: Relay, head: bytes, parts: list, streaming: b
         send_all(sock, b"".join([head, *parts[:split]]) if split else head)
     except OSError as exc:
         # Nothing was answered yet: a pooled connection the upstream had closed.
-        raise UpstreamError(f"sending to upstream failed: {exc}", stale=True) from None
+        raise UpstreamError(f"sending to upstream failed: {send_problem(sock, exc)}",
+                            stale=True) from None
     if streaming:
         stream.expect_continue()
         ex.uploading = True

@@ -46,7 +46,8 @@ def probe(upstream: Upstream, check: HealthCheck, socket_module: ModuleType = so
     head), not each step. Any failure to connect, a reset, a malformed or
     missing response, or a 1xx-only/4xx/5xx status is a failed probe. For
     https upstreams pass an ``ssl_context`` that matches ``socket_module``
-    (``gevent.ssl.create_default_context()`` with ``gevent.socket``).
+    (``shared.tls.client_context(upstream.tls, gevent.ssl.SSLContext)`` with
+    ``gevent.socket``); the name checked is ``upstream.tls_name``.
     """
     request = request_bytes(upstream, check)  # a path that is not ASCII is a config bug: raise
     deadline = time.monotonic() + check.timeout
@@ -59,7 +60,7 @@ def probe(upstream: Upstream, check: HealthCheck, socket_module: ModuleType = so
         if upstream.scheme == "https":
             context = ssl_context or ssl.create_default_context()
             sock.settimeout(_left(deadline))
-            sock = context.wrap_socket(sock, server_hostname=upstream.host)
+            sock = context.wrap_socket(sock, server_hostname=upstream.tls_name)
         sock.settimeout(_left(deadline))
         sock.sendall(request)
         status = _read_status(sock, deadline)

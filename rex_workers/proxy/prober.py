@@ -19,6 +19,7 @@ import gevent.ssl
 
 from ..config.model import Route
 from ..shared.sharedhealth import HealthTable
+from ..shared.tls import ClientContexts
 from .balancer import UpstreamGroup
 from .health import ActiveCheckState
 from .healthcheck import probe
@@ -32,16 +33,16 @@ class HealthSharing:
         self.table = table
         self.prober = prober
         self.log = log
-        rows = {(up.key, check): n for n, (up, check) in enumerate(table.targets)}
+        rows = {(up.conn_key, check): n for n, (up, check) in enumerate(table.targets)}
         # row -> the balancers that take its verdict: those of routes with that check
         self.apply_to: dict[int, list[UpstreamGroup]] = {n: [] for n in rows.values()}
         for route, group in groups:
             if route is not None and route.health_check is not None:
                 for up in route.upstreams:
-                    self.apply_to[rows[(up.key, route.health_check)]].append(group)
+                    self.apply_to[rows[(up.conn_key, route.health_check)]].append(group)
         self.applied: dict[int, bool] = {}
         self.greenlets: list[gevent.Greenlet] = []
-        self._tls = None
+        self._tls = ClientContexts(gevent.ssl.SSLContext)  # as the proxy's own: tls: applies
 
     def start(self) -> None:
         if not self.table.targets:
@@ -74,10 +75,13 @@ class HealthSharing:
     def _probe_loop(self, row: int) -> None:
         upstream, check = self.table.targets[row]
         state = ActiveCheckState(check.fails, check.passes, up=self.table.up(row))
-        if upstream.scheme == "https" and self._tls is None:
-            self._tls = gevent.ssl.create_default_context()  # verified, as the proxy's own
+        try:
+            context = self._tls.get(upstream.tls) if upstream.scheme == "https" else None
+        except OSError as exc:  # SSLError too: a file the config check loaded is gone
+            self.log(f"health check {upstream.key}{check.path}: cannot probe: {exc}")
+            return
         while True:
-            ok = probe(upstream, check, socket_module=gevent.socket, ssl_context=self._tls)
+            ok = probe(upstream, check, socket_module=gevent.socket, ssl_context=context)
             changed = state.record(ok)
             self.table.record(row, ok, state.up)
             if changed is not None:

@@ -29,6 +29,7 @@ from ..http.h1read import BODY, END, HEAD, INFO, Response, ResponseReader
 from ..http.message import FileRegion, SocketSpan
 from ..http.request import Abort, HTTPError
 from ..http.wire import BLOCK_SIZE, QUIET, READ_SIZE, peek
+from ..shared.tls import tls_problem
 from . import headers
 from .spool import RESPONSE, Budget, Spool
 from .state import Exchange
@@ -307,7 +308,7 @@ class Relay:
                 return
             _fail(ex, UpstreamError("upstream read timed out", 504, sent=True, retry=False))
         except OSError as exc:
-            _fail(ex, UpstreamError(f"upstream failed: {exc}", sent=True,
+            _fail(ex, UpstreamError(f"upstream failed: {tls_problem(exc)}", sent=True,
                                     stale=not self._read_any))
         try:
             if data:

@@ -1,9 +1,11 @@
 """Connections to upstream servers: connect, keep a pool of idle ones, resolve names.
 
 Socket code (gevent). A worker owns one ``ConnectionPool``; connections are
-keyed by the upstream's address, kept LIFO (the warmest first) and dropped
-when idle too long. Names are resolved at connect time and cached briefly, so
-a restarted container's new address is picked up (SPEC §5).
+keyed by the upstream's address and TLS options (``Upstream.conn_key``), kept
+LIFO (the warmest first) and dropped when idle too long. ``https://``
+upstreams are spoken to as their ``tls:`` says (``shared.tls.client_context``).
+Names are resolved at connect time and cached briefly, so a restarted
+container's new address is picked up (SPEC §5).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from gevent import socket
 
 from ..config.model import Upstream
 from ..http.wire import QUIET, peek
+from ..shared.tls import ClientContexts, handshake_problem, tls_problem
 
 DNS_TTL = 5.0
 IDLE_TIMEOUT = 55.0  # below the 60 s many servers (gunicorn: 2 s!) use; stale ones are retried
@@ -40,6 +43,26 @@ def abort(sock: socket.socket) -> None:
 
 
 _LINGER_RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends RST
+
+
+def send_problem(sock: socket.socket, exc: OSError) -> str:
+    """Why sending on an upstream connection failed.
+
+    A TLS upstream that refuses Rex's client certificate (TLS 1.3) sends its
+    alert and closes after the handshake: the send only sees the close, while
+    the alert waits unread. Reading it says what to fix.
+    """
+    if isinstance(exc, ssl.SSLError):  # so ``sock`` speaks TLS (gevent's SSLSocket)
+        sock.settimeout(0.0)  # an alert came before the close the send saw: never wait
+        try:
+            sock.recv(1)
+        except (ssl.SSLWantReadError, BlockingIOError):
+            pass  # nothing came: the send's own error says it
+        except ssl.SSLError as alert:
+            return tls_problem(alert)
+        except OSError:
+            pass  # a reset, say: the send's own error says it
+    return tls_problem(exc)
 
 
 class UpstreamError(Exception):
@@ -108,9 +131,9 @@ class ConnectionPool:
     """
 
     def __init__(self, resolver: Resolver | None = None) -> None:
-        self._idle: dict[str, list[tuple[float, socket.socket, object]]] = {}
+        self._idle: dict[tuple, list[tuple[float, socket.socket, object]]] = {}
         self._resolver = resolver or Resolver()
-        self._tls = None
+        self._tls: ClientContexts | None = None  # made when an https upstream is first used
 
     def get(self, up: Upstream, connect_timeout: float, *, fresh: bool = False):
         """``(socket, reused, state)``: an idle pooled connection (``reused`` True)
@@ -121,7 +144,7 @@ class ConnectionPool:
         after the last response ended) is never read as the next response.
         ``fresh``: always connect (the retry after a stale pooled connection).
         """
-        idle = None if fresh else self._idle.get(up.key)
+        idle = None if fresh else self._idle.get(up.conn_key)
         now = time.monotonic()
         while idle:
             since, sock, state = idle.pop()
@@ -134,7 +157,7 @@ class ConnectionPool:
         return self.connect(up, connect_timeout), False, None
 
     def put(self, up: Upstream, sock: socket.socket, state: object = None) -> None:
-        idle = self._idle.setdefault(up.key, [])
+        idle = self._idle.setdefault(up.conn_key, [])
         if len(idle) >= MAX_IDLE_PER_UPSTREAM:
             idle.pop(0)[1].close()
         idle.append((time.monotonic(), sock, state))
@@ -159,21 +182,25 @@ class ConnectionPool:
                 continue
             sock.setsockopt(_stdsocket.IPPROTO_TCP, _stdsocket.TCP_NODELAY, 1)
             if up.scheme == "https":
-                sock = self._wrap_tls(sock, up.host)
+                sock = self._wrap_tls(sock, up)
             return sock
         reason = getattr(last, "strerror", None) or str(last)
         raise UpstreamError(f"connect to {up.key} failed: {reason}")
 
-    def _wrap_tls(self, sock: socket.socket, host: str) -> socket.socket:
-        from gevent import ssl as gssl
-
+    def _wrap_tls(self, sock: socket.socket, up: Upstream) -> socket.socket:
         if self._tls is None:
-            self._tls = gssl.create_default_context()
+            from gevent import ssl as gssl  # its sockets wait for the handshake in the hub
+
+            self._tls = ClientContexts(gssl.SSLContext)
         try:
-            return self._tls.wrap_socket(sock, server_hostname=host)
+            context = self._tls.get(up.tls)
+            # An IP address is never sent by SNI (RFC 6066 §3), but is still verified.
+            return context.wrap_socket(sock, server_hostname=up.tls_name)
         except (ssl.SSLError, OSError) as exc:
             sock.close()
-            raise UpstreamError(f"TLS handshake with {host} failed: {exc}") from None
+            status = 504 if isinstance(exc, TimeoutError) else 502
+            raise UpstreamError(f"TLS handshake failed: {handshake_problem(exc, up.tls_name)}",
+                                status) from None
 
     def close(self) -> None:
         for idle in self._idle.values():

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from ..config.model import Instance
-from ..config.routing import RouteTable, VirtualHosts
+from ..config.routing import NameTable, RouteTable, VirtualHosts
 from ..http import pages
 from ..http.message import Filter, RequestRule, Response, Stream
 from ..http.request import HTTPError, Request
@@ -49,7 +49,8 @@ class Site:
                                                  site=str(instance.index), route=route)
         self.empty = not instance.routes and not instance.public and global_target is None
         # The request stage: each rule may answer the request before dispatch.
-        self.rules: tuple[RequestRule, ...] = (redirect_https,) if instance.redirect_https else ()
+        self.rules: tuple[RequestRule, ...] = (
+            (RedirectHttps(instance.https_ports),) if instance.redirect_https else ())
         # The filter stage for this site's responses (none yet: header rules and
         # compression plug in here, per route where they are configured).
         self.filters: tuple[Filter, ...] = ()
@@ -99,14 +100,25 @@ class Site:
         raise exc
 
 
-def redirect_https(req: Request) -> Response:
-    """A request-stage rule: every request goes to the same URL on https (308)."""
-    host = req.host  # without its port; an IPv6 literal keeps its brackets
-    if not host or any(c in host for c in "\r\n/\\"):
-        raise HTTPError("no usable Host to redirect to", 400)
-    location = f"https://{host}{req.target.decode('latin-1')}"
-    # 308 keeps the method and body, unlike 301 (RFC 9110 §15.4.9).
-    return pages.response(308, b"", headers=(("Location", location),))
+class RedirectHttps:
+    """A request-stage rule: every request goes to the same URL on https (308).
+
+    The port is the TLS instance's for the request's host (``Instance.https_ports``,
+    chosen by name as a TLS listener chooses its site), left out when it is 443.
+    """
+
+    def __init__(self, ports: tuple[tuple[tuple[str, ...], int], ...]) -> None:
+        self.ports = NameTable(ports or (((), 443),))
+
+    def __call__(self, req: Request) -> Response:
+        host = req.host  # without its port; an IPv6 literal keeps its brackets
+        if not host or any(c in host for c in "\r\n/\\"):
+            raise HTTPError("no usable Host to redirect to", 400)
+        port = self.ports.select(host)
+        authority = host if port == 443 else f"{host}:{port}"
+        location = f"https://{authority}{req.target.decode('latin-1')}"
+        # 308 keeps the method and body, unlike 301 (RFC 9110 §15.4.9).
+        return pages.response(308, b"", headers=(("Location", location),))
 
 
 class Listener:

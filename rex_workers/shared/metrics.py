@@ -74,6 +74,9 @@ class UpstreamRow:
     site: str  # instance index, or "-" for the global pool
     route: str
     upstream: Upstream
+    # The route's own active check: the one probe whose verdict this row shows. Another
+    # route's check of the same upstream says nothing about this route's traffic.
+    check: HealthCheck | None = None
 
 
 class Layout:
@@ -98,7 +101,7 @@ class Layout:
                     self.requests.append(key)
             for route in inst.routes:
                 for up in route.upstreams:
-                    self._add_upstream(site, route.path, up)
+                    self._add_upstream(site, route.path, up, route.health_check)
         for up in config.upstream:
             self._add_upstream(NOT_ROUTED, GLOBAL_POOL, up)
         self.listeners = sorted({i.address for i in config.instances})
@@ -109,10 +112,11 @@ class Layout:
         self.buffering_base = self.gauge_base + len(self.upstreams) * len(GAUGES)
         self.size = self.buffering_base + len(BUFFERING)
 
-    def _add_upstream(self, site: str, route: str, up: Upstream) -> None:
+    def _add_upstream(self, site: str, route: str, up: Upstream,
+                      check: HealthCheck | None = None) -> None:
         if (site, route, up.key) not in self._upstream_rows:
             self._upstream_rows[(site, route, up.key)] = len(self.upstreams)
-            self.upstreams.append(UpstreamRow(site, route, up))
+            self.upstreams.append(UpstreamRow(site, route, up, check))
 
     def request_row(self, site: str, route: str) -> int:
         return self._request_rows.get((site, route), 0)
@@ -126,12 +130,13 @@ class Layout:
 
 def probe_targets(config: Config) -> list[tuple[Upstream, HealthCheck]]:
     """Every distinct (upstream, health check): one prober and one shared verdict each."""
-    seen: dict[tuple[str, HealthCheck], Upstream] = {}
+    seen: dict[tuple[tuple, HealthCheck], Upstream] = {}
     for inst in config.instances:
         for route in inst.routes:
             if route.health_check is not None:
                 for up in route.upstreams:
-                    seen.setdefault((up.key, route.health_check), up)
+                    # conn_key: an https upstream is probed as its route's tls: says
+                    seen.setdefault((up.conn_key, route.health_check), up)
     return [(up, check) for (_key, check), up in seen.items()]
 
 

@@ -65,10 +65,10 @@ class HealthTable:
         Without this a reload would bring a dead upstream back "up" until
         ``fails`` probes in a row had failed again.
         """
-        rows = {(up.key, check): n for n, (up, check) in enumerate(old.targets)}
+        rows = {(up.conn_key, check): n for n, (up, check) in enumerate(old.targets)}
         for n, (up, check) in enumerate(self.targets):
-            if (up.key, check) in rows:
-                start = rows[(up.key, check)] * _ROW.size
+            if (up.conn_key, check) in rows:
+                start = rows[(up.conn_key, check)] * _ROW.size
                 self._map[n * _ROW.size:(n + 1) * _ROW.size] = old._map[start:start + _ROW.size]
 
     def close(self) -> None:

@@ -1,11 +1,12 @@
-"""TLS for Rex's listeners: server contexts, the SNI choice, certificate checks.
+"""TLS for Rex: server contexts and the SNI choice, client contexts for https upstreams.
 
-May: build server ``SSLContext``s from an instance's cert and key with whatever
-context class the caller passes (gevent's inside a worker, so handshakes wait
-in the hub; the stdlib's in the master, which only checks that files load),
-choose a context by SNI name, word certificate problems for people. May not:
-import gevent, accept or handshake (the worker does that in the connection's
-greenlet), read the config file.
+May: build server ``SSLContext``s from an instance's cert and key, and client
+contexts from a route's or destination's ``tls:`` (``UpstreamTLS``), with
+whatever context class the caller passes (gevent's inside a worker, so
+handshakes wait in the hub; the stdlib's in the master, which only checks that
+files load), choose a context by SNI name, word certificate and handshake
+problems for people. May not: import gevent, accept, connect or handshake (the
+worker does that in the connection's greenlet), read the config file.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 import ssl
 from collections.abc import Callable, Sequence
 
-from ..config.model import TLS, Instance
+from ..config.model import TLS, Instance, UpstreamTLS
 
 # Mozilla's "intermediate" TLS 1.2 suites: ECDHE/DHE key exchange (forward
 # secrecy) with AEAD ciphers only. TLS 1.3 suites are not set by set_ciphers
@@ -107,3 +108,79 @@ def listener_context(instances: Sequence[Instance], select: Callable[[str], Inst
 def is_plain_http(exc: BaseException) -> bool:
     """The handshake failed because the client sent an HTTP request in clear text."""
     return isinstance(exc, ssl.SSLError) and exc.reason == "HTTP_REQUEST"
+
+
+# -- the client side: https:// upstreams ---------------------------------------------------
+
+
+def client_context(tls: UpstreamTLS | None, context_class: type[ssl.SSLContext] = ssl.SSLContext
+                   ) -> ssl.SSLContext:
+    """A context for connecting to an https upstream, as its ``tls:`` says.
+
+    By default the certificate must chain to the system's CAs and name the
+    host (or ``server_name``); ``ca`` replaces the system's CAs (nginx's
+    ``proxy_ssl_trusted_certificate``, Caddy's ``tls_trust_pool``); ``verify:
+    false`` accepts anything (development only). ``cert``/``key``: the client
+    certificate for upstreams that require one (mutual TLS). TLS 1.2+.
+    """
+    context = context_class(ssl.PROTOCOL_TLS_CLIENT)  # hostname check and CERT_REQUIRED
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    if tls is not None and not tls.verify:
+        context.check_hostname = False  # must go before verify_mode may be relaxed
+        context.verify_mode = ssl.CERT_NONE
+    elif tls is not None and tls.ca:
+        context.load_verify_locations(cafile=tls.ca)
+    else:
+        context.load_default_certs(ssl.Purpose.SERVER_AUTH)
+    if tls is not None and tls.cert:
+        context.load_cert_chain(tls.cert, tls.key, password=_no_passphrase)
+    # Rex speaks HTTP/1.1 upstream: a server that would choose h2 by ALPN must not.
+    context.set_alpn_protocols(["http/1.1"])
+    return context
+
+
+class ClientContexts:
+    """One client context per distinct ``tls:``, made on first use and kept.
+
+    A context holds a parsed CA store: built once per worker, not per connection.
+    """
+
+    def __init__(self, context_class: type[ssl.SSLContext] = ssl.SSLContext) -> None:
+        self._class = context_class
+        self._made: dict[UpstreamTLS | None, ssl.SSLContext] = {}
+
+    def get(self, tls: UpstreamTLS | None) -> ssl.SSLContext:
+        context = self._made.get(tls)
+        if context is None:
+            context = self._made[tls] = client_context(tls, self._class)
+        return context
+
+
+# Alerts an upstream sends when it will not have Rex as a client (mutual TLS). With
+# TLS 1.3 they come after Rex's side of the handshake is done, on the first read.
+_CLIENT_REFUSALS = {
+    "TLSV13_ALERT_CERTIFICATE_REQUIRED": "the upstream requires a client certificate "
+                                         "(set tls.cert and tls.key)",
+    "SSLV3_ALERT_BAD_CERTIFICATE": "the upstream refused the client certificate",
+    "TLSV1_ALERT_UNKNOWN_CA": "the upstream does not trust the client certificate's CA",
+    "SSLV3_ALERT_CERTIFICATE_EXPIRED": "the upstream says the client certificate expired",
+}
+
+
+def handshake_problem(exc: BaseException, name: str) -> str:
+    """Why a handshake with an upstream failed, in words that say what to change."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        why = exc.verify_message or exc.reason or str(exc)
+        return (f"certificate verify failed: {why} (checked for {name}; trust its CA with "
+                "tls.ca, or set tls.verify: false for development)")
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    return tls_problem(exc)
+
+
+def tls_problem(exc: BaseException) -> str:
+    """An upstream connection's TLS error in words; the upstream's refusal of Rex as a client
+    said as such."""
+    if isinstance(exc, ssl.SSLError) and exc.reason:
+        return _CLIENT_REFUSALS.get(exc.reason, str(exc))
+    return str(exc)
