@@ -59,10 +59,7 @@ def test_start_without_any_config_serves_the_welcome_page_then_the_new_file(rex)
         f"{rex.config}: no config file: `rex start` serves the welcome page on port 8000 "
         "(`rex --init` writes a starter config)")
     assert rex.cli("config").stdout.startswith(f"# No config file ({rex.config})")
-    rex._out = open(rex.log, "wb")  # noqa: SIM115 - closed by rex.stop()
-    rex.proc = subprocess.Popen([sys.executable, "-m", "rex", "start", "-f"], cwd=rex.workdir,
-                                env=rex.env, stdout=rex._out, stderr=subprocess.STDOUT)
-    rex.wait_ready()
+    rex.launch("start", "-f")
     assert rex.output().startswith(f"no config file ({rex.config}): serving the welcome page "
                                    "on port 8000; `rex --init` writes a starter config")
     with urllib.request.urlopen("http://127.0.0.1:8000/", timeout=10) as resp:

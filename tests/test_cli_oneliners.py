@@ -5,21 +5,10 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import urllib.request
 from pathlib import Path
 
 from conftest import LoadLoop, alive, free_port, port_open, wait_for
-
-
-def one_liner(rex, *args: str):
-    """Start ``rex <args>`` in the foreground like the fixture's ``start`` (stopped by it)."""
-    rex._out = open(rex.log, "wb")  # noqa: SIM115 - closed by rex.stop()
-    rex.proc = subprocess.Popen([sys.executable, "-m", "rex", *args], cwd=rex.workdir,
-                                env=rex.env, stdout=rex._out, stderr=subprocess.STDOUT)
-    rex.wait_ready()  # the master's "serving" line: every worker is ready
-    return rex
 
 
 def fetch(url: str) -> tuple[int, dict, bytes]:
@@ -35,8 +24,8 @@ def master_status(rex) -> dict:
 def test_proxy_balances_reloads_shows_in_status_and_stops(rex, upstream):
     first, second = upstream(), upstream()
     port = free_port()
-    one_liner(rex, "proxy", "--from", f"127.0.0.1:{port}",
-              "--to", f"127.0.0.1:{first.port}", "--to", f"http://127.0.0.1:{second.port}")
+    rex.launch("proxy", "--from", f"127.0.0.1:{port}",
+               "--to", f"127.0.0.1:{first.port}", "--to", f"http://127.0.0.1:{second.port}")
     out = rex.output()
     assert f"rex proxy: http://127.0.0.1:{port}/ -> 127.0.0.1:{first.port}, " in out
     for n in range(4):
@@ -64,7 +53,7 @@ def test_serve_a_directory_with_listings_until_sigterm(rex):
     (site / "hello.txt").write_text("hello\n")
     (site / "docs" / "a.txt").write_text("a\n")
     port = free_port()
-    one_liner(rex, "serve", "site", "--listen", f"127.0.0.1:{port}", "--browse", "-w", "2")
+    rex.launch("serve", "site", "--listen", f"127.0.0.1:{port}", "--browse", "-w", "2")
     assert f"rex serve: {site} at http://127.0.0.1:{port}/ (directory listings on)" \
         in rex.output()
     status, headers, body = fetch(f"http://127.0.0.1:{port}/hello.txt")
@@ -91,8 +80,8 @@ def test_wsgi_reload_on_an_edit_without_a_failed_request(rex):
     (rex.workdir / "assets").mkdir()
     (rex.workdir / "assets" / "site.css").write_text("body{}\n")
     port = free_port()
-    one_liner(rex, "wsgi", "live_app:app", "--bind", f"127.0.0.1:{port}", "--reload",
-              "--static", "/static=assets")
+    rex.launch("wsgi", "live_app:app", "--bind", f"127.0.0.1:{port}", "--reload",
+               "--static", "/static=assets")
     url = f"http://127.0.0.1:{port}/"
     assert fetch(url)[2].startswith(b"one ")
     assert fetch(url + "static/site.css")[2] == b"body{}\n"

@@ -28,6 +28,7 @@ from ..config.model import Config
 from . import EXIT_USAGE, CommandError
 
 KINDS = ("proxy", "serve", "wsgi")
+LISTEN = {"proxy": "--from", "serve": "--listen", "wsgi": "--bind"}  # each one's address flag
 _ADDRESS = re.compile(r"(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[^:\[\]]*)):(?P<port>\d+)")
 _ERROR = re.compile(r"[^\n]*?:\d+: (?P<path>[\w.-]+): (?P<message>.*)")
 
@@ -71,8 +72,7 @@ def parse_static(text: str) -> tuple[str, str]:
 
 def from_args(kind: str, args: dict, workers: int | None, argv: list[str]) -> OneLiner:
     """docopt's dict for ``kind`` as a OneLiner; bad values are usage errors (exit 2)."""
-    flag = {"proxy": "--from", "serve": "--listen", "wsgi": "--bind"}[kind]
-    host, port = parse_address(args[flag], flag)
+    host, port = parse_address(args[LISTEN[kind]], LISTEN[kind])
     return OneLiner(
         kind=kind, host=host, port=port, workers=workers, argv=tuple(argv),
         upstreams=tuple(args["--to"] or ()),
@@ -88,7 +88,7 @@ def from_args(kind: str, args: dict, workers: int | None, argv: list[str]) -> On
 
 def document(one: OneLiner) -> tuple[dict, dict[str, str]]:
     """The config document, and which argument each of its dotted paths came from."""
-    listen = {"proxy": "--from", "serve": "--listen", "wsgi": "--bind"}[one.kind]
+    listen = LISTEN[one.kind]
     site: dict = {"port": one.port}
     if one.host:
         site["host"] = one.host
