@@ -671,7 +671,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = docopt(__doc__, argv=argv, version=None)
     except DocoptExit as exc:
-        print(explain(__doc__, argv, str(exc).removesuffix(DocoptExit.usage)), file=sys.stderr)
+        print(explain(__doc__, argv, str(exc)), file=sys.stderr)
         return EXIT_USAGE
     try:
         return dispatch(args, argv)

@@ -34,6 +34,7 @@ def test_usage_errors_say_what_was_wrong_and_guess(rex):
                                   "(did you mean --foreground?)",
         ("check", "--browse"): "rex: unknown option --browse for `rex check`",
         ("proxy", "--from", ":8080"): "rex: wrong arguments for `rex proxy`",
+        ("proxy", "--to", "x", "--from"): "rex: --from requires argument",
     }
     for argv, first_line in cases.items():
         result = rex.cli(*argv)

@@ -8,7 +8,10 @@ import signal
 import urllib.request
 from pathlib import Path
 
+import pytest
 from conftest import LoadLoop, alive, free_port, port_open, wait_for
+
+from rex_workers.cli import CommandError, oneliners
 
 
 def fetch(url: str) -> tuple[int, dict, bytes]:
@@ -128,3 +131,23 @@ def test_arguments_are_checked_and_named(rex):
         result = rex.cli(*args)
         assert (result.returncode, result.stderr.strip()) == (2, message), args
     assert not list((rex.home / "run").iterdir())  # nothing written is left behind
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    (":8080", (None, 8080)),  # every interface: the config's default host
+    ("8080", (None, 8080)),
+    ("127.0.0.1:8080", ("127.0.0.1", 8080)),
+    ("localhost:1", ("localhost", 1)),
+    ("[::1]:8080", ("::1", 8080)),
+    ("[::]:65535", ("::", 65535)),
+])
+def test_listen_addresses(text: str, expected: tuple) -> None:
+    assert oneliners.parse_address(text, "--from") == expected
+
+
+@pytest.mark.parametrize("text", ["", ":", ":0", ":65536", "host:", "::1:8080", "[::1]",
+                                  "[::1]8080", "a:b", "1.2.3.4:80:90"])
+def test_listen_addresses_refused(text: str) -> None:
+    with pytest.raises(CommandError) as caught:
+        oneliners.parse_address(text, "--bind")
+    assert caught.value.code == 2 and str(caught.value).startswith("--bind expects ")

@@ -53,9 +53,10 @@ def guess(word: str, choices: list[str] | set[str]) -> str:
 
 
 def explain(doc: str, argv: list[str], docopt_message: str) -> str:
-    """The lines to print instead of docopt's message, ending with the relevant usage."""
+    """The lines to print instead of docopt's message (which ends with the whole usage)."""
     known = commands(doc)
     usage = usage_section(doc)
+    docopt_message = docopt_message.replace(usage, "")
     first = argv[0] if argv else ""
     if not first:
         return f"rex: which command? (`rex --help` explains each)\n{usage}"
