@@ -28,8 +28,9 @@ Commands:
   config        print the effective config, every default filled in (YAML)
   start         start a master and its workers; returns once every worker is
                 ready and prints the URLs (-f: stay in the foreground)
-  proxy, serve, wsgi  one-liners: a reverse proxy, a static file server for
-                <dir> (default .), a WSGI app (module:app), in the foreground
+  proxy         one-liner (foreground): a reverse proxy to the --to upstreams
+  serve         one-liner: a static file server for <dir> (default: .)
+  wsgi          one-liner: the WSGI app <app> (module:app), as gunicorn would
   stop          graceful stop of every master, or of the one with -p PID
   reload        re-read the config without dropping a request (= SIGHUP)
   status        masters and their workers
