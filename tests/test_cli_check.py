@@ -124,8 +124,8 @@ def test_the_effective_config_loads_back_into_the_same_config(name: str, tmp_pat
 
 def test_rex_config_prints_every_default(rex, tmp_path):
     (rex.workdir / "public").mkdir()
-    rex.write(site_config(8000, {"/api": "localhost:3000"}, "workers: 3\n",
-                          instance="public: public"))
+    rex.write(site_config(8000, {"/api": "localhost:3000", "/files": "static:public"},
+                          "workers: 3\n", instance="public: public"))
     result = rex.cli("config", str(rex.config))
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith(f"# The effective config of {rex.config}, every default")
@@ -133,10 +133,15 @@ def test_rex_config_prints_every_default(rex, tmp_path):
     (site,) = doc["server"]["instances"]
     assert site["public"] == str(rex.workdir / "public")  # resolved
     assert site["static"]["index"] == ["index.html"] and site["static"]["listing"] is False
-    (route,) = site["routes"]
+    route, files = site["routes"]
     assert route["destination"] == [{"url": "http://localhost:3000", "weight": 1,
                                      "backup": False, "max_fails": 1, "fail_timeout": 10.0}]
     assert route["timeouts"] == {"connect": 5.0, "read": 60.0} and route["retries"] == 1
+    assert files == {"path": "/files", "destination": f"static:{rex.workdir / 'public'}",
+                     "priority": 0}  # no proxy options on a static: route
+    printed = rex.workdir / "printed.yaml"
+    printed.write_text(result.stdout)
+    assert normalized(load_config(str(printed))) == normalized(load_config(str(rex.config)))
     assert doc["workers"] == 3 and doc["limits"]["header_bytes"] == 16384
     assert doc["logging"] == {"access": "stdout", "format": "combined", "error": "stderr",
                               "level": "info"}
