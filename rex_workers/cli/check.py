@@ -30,6 +30,7 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..config.model import Config
@@ -82,7 +83,7 @@ def check(path: str | None) -> Report:
     return report
 
 
-def run(path: str | None, as_json: bool, looked_for: str) -> int:
+def run(path: str | None, as_json: bool, looked_for: Callable[[], str]) -> int:
     """``rex check``: print the report; CommandError (its lines, its code) when it failed."""
     report = check(path)
     if as_json:
@@ -92,7 +93,7 @@ def run(path: str | None, as_json: bool, looked_for: str) -> int:
         print(f"rex: warning: {warning}", file=sys.stderr)
     if report.code:
         raise CommandError("\n".join(report.errors), report.code)
-    print(f"{path or looked_for}: {report.summary}")
+    print(f"{path or looked_for()}: {report.summary}")  # where the file was looked for
     return 0
 
 

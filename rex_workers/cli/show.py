@@ -7,10 +7,12 @@ loads back into the same config, so it can be saved and edited.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from . import EXIT_USAGE, CommandError
 
 
-def run(path: str | None, looked_for: str) -> int:
+def run(path: str | None, looked_for: Callable[[], str]) -> int:
     """Print the effective config of ``path`` (None: the built-in one, as no file was found)."""
     import yaml
 
@@ -24,7 +26,7 @@ def run(path: str | None, looked_for: str) -> int:
     if path:
         print(f"# The effective config of {config.path}, every default filled in.")
     else:
-        print(f"# No config file ({looked_for}): the built-in config, which shows the "
+        print(f"# No config file ({looked_for()}): the built-in config, which shows the "
               "welcome page.")
     print(yaml.safe_dump(dump(config), sort_keys=False, default_flow_style=False), end="")
     return 0
