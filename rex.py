@@ -3,9 +3,13 @@
 Usage:
   rex --init [--force]
   rex load <config> [-p <pid>] [--timeout S]
-  rex check [<config>]
+  rex check [<config>] [--json]
   rex test [-p <config>]
+  rex config [<config>]
   rex start [-c <config>] [-f] [-w N]
+  rex proxy --from <addr> --to <upstream>... [-w N]
+  rex serve [<dir>] [--listen <addr>] [--browse] [-w N]
+  rex wsgi <app> [--bind <addr>] [-w N] [--reload] [--static <map>]...
   rex stop [-p <pid> | --all] [--timeout S]
   rex reload [-p <pid>] [--timeout S]
   rex status [--json]
@@ -19,9 +23,14 @@ Commands:
                 overwrite without --force)
   load          validate <config>, make it this directory's active config; the
                 master serving this directory's config reloads onto it
-  check, test   validate a config (default: the active one) and exit
+  check, test   validate a config (default: the active one), load its
+                certificates, import its WSGI apps, resolve its upstreams
+  config        print the effective config, every default filled in (YAML)
   start         start a master and its workers; returns once every worker is
                 ready and prints the URLs (-f: stay in the foreground)
+  proxy         one-liner (foreground): a reverse proxy to the --to upstreams
+  serve         one-liner: a static file server for <dir> (default: .)
+  wsgi          one-liner: the WSGI app <app> (module:app), as gunicorn would
   stop          graceful stop of this directory's master (-p PID: that one,
                 --all: every one)
   reload        re-read the config without dropping a request (= SIGHUP);
@@ -41,7 +50,14 @@ Options:
   --timeout S                     seconds `stop` waits for masters to exit,
                                   `reload`/`load` for the outcome [default: 60]
   --force                         overwrite existing files with --init
-  --json                          machine-readable status
+  --json                          machine-readable status or check
+  --from <addr>                   proxy: listen on :PORT, HOST:PORT, [::1]:PORT
+  --to <upstream>                 proxy: an upstream (several are balanced)
+  --listen <addr>                 serve: listen address [default: :8000]
+  --browse                        serve: list directories without an index
+  --bind <addr>                   wsgi: listen address [default: :8000]
+  --reload                        wsgi: reload when a .py file changes
+  --static <map>                  wsgi: serve /PREFIX=DIR as static files
   -e <file>, --export <file>      copy the server log to <file>
 """
 
@@ -59,6 +75,7 @@ import traceback
 from dataclasses import replace
 from functools import partial
 
+from rex_workers.cli import CommandError
 from rex_workers.config.model import Config
 from rex_workers.master import control, registry, reports
 from rex_workers.master.admin import AdminServer
@@ -113,6 +130,15 @@ def here() -> control.Here:
     except FileNotFoundError:
         cwd = os.environ.get("PWD", "/")  # deleted meanwhile: its name is all that is left
     return control.Here(rex_home(), cwd, os.path.join(cwd, CONFIG_NAME))
+
+
+def config_file(path: str | None) -> str | None:
+    """``path``, else the active config; None when there is no file at all (built-in config)."""
+    if path:
+        return path
+    active = active_config()
+    return None if active == os.path.abspath(CONFIG_NAME) and not os.path.exists(active) \
+        else active
 
 
 def load(path: str):
@@ -479,33 +505,6 @@ def run_master(config: Config, source: str, workers: int | None, log: MasterLog,
 # ---------------------------------------------------------------------------
 # Commands
 # ---------------------------------------------------------------------------
-def cmd_init(force: bool) -> int:
-    from importlib import resources
-
-    conf = resources.files("rex_conf")
-    targets = {CONFIG_NAME: conf / CONFIG_NAME,
-               os.path.join("public", "index.html"): conf / "public" / "index.html"}
-    existing = [t for t in targets if os.path.exists(t)]
-    if existing and not force:
-        raise RexError(f"{existing[0]} already exists (use --init --force to overwrite)")
-    os.makedirs("public", exist_ok=True)
-    for target, source in targets.items():
-        with open(target, "wb") as f:
-            f.write(source.read_bytes())
-        print(f"wrote {target}")
-    print("start it with: rex start")
-    return EXIT_OK
-
-
-def cmd_check(path: str | None) -> int:
-    path = path or active_config()
-    config = load(path)
-    routes = sum(len(i.routes) for i in config.instances)
-    print(f"{path}: ok ({len(config.instances)} instance(s), {routes} route(s), "
-          f"{config.workers} worker(s))")
-    return EXIT_OK
-
-
 def cmd_load(path: str, pid: str | None, timeout: float) -> int:
     path = os.path.abspath(path)
     load(path)
@@ -513,8 +512,10 @@ def cmd_load(path: str, pid: str | None, timeout: float) -> int:
 
 
 def cmd_start(path: str | None, foreground: bool, workers: int | None) -> int:
-    source = "explicit" if path else "active"
-    config = load(os.path.abspath(path or active_config()))
+    from rex_workers.cli.starter import builtin_config
+
+    source, found = "explicit" if path else "active", config_file(path)
+    config = load(os.path.abspath(found)) if found else builtin_config(active_config())
     if workers:
         config = replace(config, workers=workers)
     raise_nofile()
@@ -574,8 +575,10 @@ def cmd_log(export: str | None) -> int:
 # ---------------------------------------------------------------------------
 # Main
 # ---------------------------------------------------------------------------
-def dispatch(args: dict) -> int:
+def dispatch(args: dict, argv: list[str]) -> int:
     """docopt's dict to one command; options become typed values here, once."""
+    from rex_workers.cli import check, oneliners, show, starter
+
     workers = args["--workers"]
     if workers is not None and (not workers.isdigit() or int(workers) < 1):
         raise RexError(f"-w expects a number of workers >= 1, not {workers!r}", EXIT_USAGE)
@@ -587,11 +590,15 @@ def dispatch(args: dict) -> int:
     config = None if args["--config"] == "active config" else args["--config"]
     commands = (
         ("--version", lambda: print(f"rex {__version__}") or EXIT_OK),
-        ("--init", lambda: cmd_init(args["--force"])),
+        ("--init", lambda: starter.init(CONFIG_NAME, args["--force"])),
         ("load", lambda: cmd_load(args["<config>"], args["-p"], timeout)),
-        ("check", lambda: cmd_check(args["<config>"])),
-        ("test", lambda: cmd_check(args["-p"])),
+        ("check", lambda: check.run(config_file(args["<config>"]), args["--json"], active_config)),
+        ("test", lambda: check.run(config_file(args["-p"]), False, active_config)),
+        ("config", lambda: show.run(config_file(args["<config>"]), active_config)),
         ("start", lambda: cmd_start(config, args["--foreground"], workers and int(workers))),
+        *((kind, partial(oneliners.run, kind, args, workers and int(workers), argv, run_dir,
+                         partial(cmd_start, foreground=True, workers=None)))
+          for kind in oneliners.KINDS),
         ("stop", lambda: control.stop(here(), args["-p"], args["--all"], timeout)),
         ("reload", lambda: control.reload(here(), args["-p"], timeout)),
         ("status", lambda: cmd_status(args["--json"])),
@@ -604,15 +611,18 @@ def dispatch(args: dict) -> int:
 def main(argv: list[str] | None = None) -> int:
     from docopt import DocoptExit, docopt
 
+    from rex_workers.cli.usage import explain
+
+    argv = sys.argv[1:] if argv is None else argv
     try:
         args = docopt(__doc__, argv=argv, version=None)
     except DocoptExit as exc:
-        print(str(exc), file=sys.stderr)
+        print(explain(__doc__, argv, str(exc)), file=sys.stderr)
         return EXIT_USAGE
     try:
-        return dispatch(args)
-    except RexError as exc:
-        print(f"rex: {exc}" if "\n" not in str(exc) else str(exc), file=sys.stderr)
+        return dispatch(args, argv)
+    except (RexError, CommandError) as exc:
+        print("\n".join(f"rex: {line}" for line in str(exc).splitlines()), file=sys.stderr)
         return exc.code
     except KeyboardInterrupt:
         return EXIT_FAILURE

@@ -24,6 +24,7 @@ setup(
         "cerberus>=1.3,<2",
         "docopt-ng>=0.9",
         "setproctitle>=1.3",
+        "watchfiles>=0.21",  # rex wsgi --reload (README: dependencies and why)
     ],
     extras_require={
         "test": [

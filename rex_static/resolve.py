@@ -190,6 +190,28 @@ def resolve(root: str, path: str, opts: StaticOptions, lookup: Lookup) -> Decisi
     return _directory(root, path, fs_path, node, opts, lookup)
 
 
+def below_mount(path: str, segments: int) -> tuple[str, str]:
+    """``path`` split after its first ``segments`` segments: the mount, the path below it.
+
+    A ``static:`` route serves "/static/css/a.css" as "/css/a.css" of its
+    directory (the mount "/static" is the route's literal prefix). The path
+    below is "" when ``path`` is the mount itself, which is then a directory
+    without its slash.
+    """
+    parts = path.split("/")
+    rest = parts[segments + 1:]
+    return "/".join(parts[: segments + 1]), ("/" + "/".join(rest) if rest else "")
+
+
+def remount(decision: Decision, mount: str) -> Decision:
+    """A decision about the path below ``mount`` in the terms of the whole request path."""
+    if isinstance(decision, Redirect):
+        return Redirect(quote(mount, safe=_PATH_SAFE) + decision.location)
+    if isinstance(decision, Listing):
+        return Listing(decision.node, mount + decision.path)
+    return decision
+
+
 def _directory(root: str, path: str, fs_path: str, node: Node, opts: StaticOptions,
                lookup: Lookup) -> Decision:
     for name in opts.index:

@@ -42,10 +42,12 @@ from .resolve import (
     Redirect,
     Refuse,
     admit,
+    below_mount,
     fallback_file,
     looks_like_client_route,
     path_problem,
     raw_path_problem,
+    remount,
     resolve,
 )
 
@@ -95,8 +97,12 @@ class StaticSite:
         }
 
     # -- the two entry points -------------------------------------------------
-    def handle(self, stream: Stream) -> bool:
-        """Answer a GET/HEAD from the files; False when there is no file for the path."""
+    def handle(self, stream: Stream, mount_segments: int = 0) -> bool:
+        """Answer a GET/HEAD from the files; False when there is no file for the path.
+
+        ``mount_segments``: a ``static:`` route's literal prefix, which the
+        root stands for (the request path below it is looked up).
+        """
         req = stream.request
         if req.method not in _METHODS:
             return False
@@ -112,15 +118,18 @@ class StaticSite:
         # they would on an instance without `public` (docs/static.md).
         if raw_path_problem(req.raw_path) is not None:
             return False
-        path = req.path
+        mount, path = below_mount(req.path, mount_segments) if mount_segments else ("", req.path)
         try:
-            decision = self._decide(path, lambda: resolve(self.root, path, self.opts,
-                                                          self.fs.lookup))
+            decision = (self._decide(path, lambda: resolve(self.root, path, self.opts,
+                                                           self.fs.lookup))
+                        if path else Redirect("/"))  # the mount itself: a directory
         except OSError as exc:
             self._unavailable(stream, exc)
             return True
         if decision is None:
             return False
+        if mount:
+            decision = remount(decision, mount)
         return self._responders[type(decision)](stream, decision, path) is not False
 
     def fallback(self, stream: Stream) -> bool:

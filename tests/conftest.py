@@ -95,10 +95,13 @@ class Rex:
                               **kw)
 
     def start(self, *args: str, ports: tuple[int, ...] = (), wait: bool = True) -> Rex:
+        return self.launch("start", "-f", "-c", str(self.config), *args, ports=ports, wait=wait)
+
+    def launch(self, *argv: str, ports: tuple[int, ...] = (), wait: bool = True) -> Rex:
+        """Run `rex <argv>` as a foreground master (a one-liner, `start -f`) until stop()."""
         self._out = open(self.log, "wb")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "rex", "start", "-f", "-c", str(self.config), *args],
-            cwd=self.workdir, env=self.env, stdout=self._out, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen([sys.executable, "-m", "rex", *argv], cwd=self.workdir,
+                                     env=self.env, stdout=self._out, stderr=subprocess.STDOUT)
         if wait:
             self.wait_ready()
             for port in ports:

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import urllib.request
 
+import pytest
 from conftest import ROOT, Rex, alive, free_port, port_open, site_config, wait_for
 from test_master import fetch_in_thread, slow_upstream
 
@@ -24,6 +25,53 @@ def test_usage_error_exits_2(rex):
     result = rex.cli("frobnicate")
     assert result.returncode == 2
     assert "Usage:" in result.stderr
+
+
+def test_usage_errors_say_what_was_wrong_and_guess(rex):
+    cases = {
+        ("statsu",): "rex: unknown command 'statsu' (did you mean status?)",
+        ("start", "--foregroud"): "rex: unknown option --foregroud for `rex start` "
+                                  "(did you mean --foreground?)",
+        ("check", "--browse"): "rex: unknown option --browse for `rex check`",
+        ("proxy", "--from", ":8080"): "rex: wrong arguments for `rex proxy`",
+        ("proxy", "--to", "x", "--from"): "rex: --from requires argument",
+    }
+    for argv, first_line in cases.items():
+        result = rex.cli(*argv)
+        lines = result.stderr.splitlines()
+        assert result.returncode == 2 and lines[0] == first_line, result.stderr
+        assert "unmatched" not in result.stderr and lines[1] == "Usage:"
+        if argv[0] != "statsu":  # the usage of that command only
+            assert all(line.startswith(f"  rex {argv[0]} ") for line in lines[2:]), lines
+    assert len(rex.cli("statsu").stderr.splitlines()) > 10  # every command's usage
+
+
+def test_start_without_any_config_serves_the_welcome_page_then_the_new_file(rex):
+    """docs/configuration.md: with no config file, the welcome page on port 8000; a
+    config written afterwards (`rex --init`) is picked up by the running master."""
+    import socket
+
+    with socket.socket() as probe:
+        try:
+            probe.bind(("0.0.0.0", 8000))
+        except OSError:
+            pytest.skip("port 8000 is taken on this machine")
+    assert rex.cli("check").stdout.strip() == (
+        f"{rex.config}: no config file: `rex start` serves the welcome page on port 8000 "
+        "(`rex --init` writes a starter config)")
+    assert rex.cli("config").stdout.startswith(f"# No config file ({rex.config})")
+    rex.launch("start", "-f")
+    assert rex.output().startswith(f"no config file ({rex.config}): serving the welcome page "
+                                   "on port 8000; `rex --init` writes a starter config")
+    with urllib.request.urlopen("http://127.0.0.1:8000/", timeout=10) as resp:
+        assert b"Welcome to Rex" in resp.read()
+    status = rex.cli("status")
+    assert f"master {rex.pid}  serving" in status.stdout and "config (none)" in status.stdout
+    assert rex.cli("--init").returncode == 0
+    wait_for(lambda: "reload (config file changed): starting generation 2" in rex.output(),
+             timeout=15, what="the new file to be loaded")
+    wait_for(lambda: b"Rex is serving this folder" in urllib.request.urlopen(
+        "http://127.0.0.1:8000/", timeout=10).read(), timeout=15, what="the starter page")
 
 
 def test_python_dash_m_and_console_script_agree(rex):
@@ -77,9 +125,10 @@ def test_check_good_and_bad(rex):
     assert bad.returncode == 2
     lines = bad.stderr.strip().splitlines()
     assert len(lines) == 2, bad.stderr
-    assert lines[0].startswith(f"{rex.config}:4: server.instances.0.rootes: ")
+    # Every error line carries the same prefix, one line or many.
+    assert lines[0].startswith(f"rex: {rex.config}:4: server.instances.0.rootes: ")
     assert "did you mean routes?" in lines[0]
-    assert lines[1].startswith(f"{rex.config}:5: workers: ")
+    assert lines[1].startswith(f"rex: {rex.config}:5: workers: ")
     assert "Traceback" not in bad.stderr
 
 

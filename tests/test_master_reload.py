@@ -79,8 +79,9 @@ def test_a_bad_edit_keeps_the_old_config_and_logs_the_exact_error(rex, upstream)
     rex.write(good)
     rex.start(ports=(port,))
     rex.write(good.replace("workers: 2", "workers: 0\nrootes: []"))
-    expected = rex.cli("check", str(rex.config)).stderr.strip().splitlines()
-    assert len(expected) == 2 and all(line.startswith(f"{rex.config}:") for line in expected)
+    said = rex.cli("check", str(rex.config)).stderr.strip().splitlines()
+    assert len(said) == 2 and all(line.startswith(f"rex: {rex.config}:") for line in said)
+    expected = [line.removeprefix("rex: ") for line in said]  # the log has no CLI prefix
     wait_for(lambda: rex.status()["reloads"]["failed"] == 1, what="the reload to fail")
     output = rex.output()
     assert "reload (config file changed) failed; still serving generation 1:" in output

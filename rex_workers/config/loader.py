@@ -32,7 +32,7 @@ from .model import (
     Upstream,
     UpstreamTLS,
 )
-from .schema import SCHEMA, parse_destination
+from .schema import SCHEMA, STATIC_PREFIX, parse_destination
 from .validator import RexValidator
 
 __all__ = ["ConfigError", "config_digest", "default_config", "load_config", "parse_destination"]
@@ -307,6 +307,8 @@ def _route(raw: dict, index: int, line: int, timeouts: Timeouts) -> Route:
     destination = raw["destination"]
     if isinstance(destination, str) and destination.strip().startswith("wsgi:"):
         options["wsgi"] = destination.strip()[len("wsgi:"):]
+    elif isinstance(destination, str) and destination.startswith(STATIC_PREFIX):
+        options["static"] = destination[len(STATIC_PREFIX):]  # made absolute by the validator
     else:
         entries = destination if isinstance(destination, list) else [destination]
         options["upstreams"] = tuple(_upstream(e, raw.get("tls")) for e in entries)

@@ -104,12 +104,13 @@ class HealthCheck:
 
 @dataclass(frozen=True, slots=True)
 class Route:
-    """One ``routes[]`` entry. Exactly one of ``upstreams`` / ``wsgi`` is set."""
+    """One ``routes[]`` entry. Exactly one of ``upstreams`` / ``wsgi`` / ``static`` is set."""
 
     path: str  # the pattern as written, e.g. "/api", "/assets/*.js", "/*"
     index: int  # position in the file: the last tie-breaker
     upstreams: tuple[Upstream, ...] = ()
     wsgi: str | None = None  # "package.module:callable" or "module:factory()"
+    static: str | None = None  # absolute directory; its files replace the matched prefix
     strip_prefix: bool = False
     preserve_host: bool = False
     methods: frozenset[str] | None = None  # None: every method

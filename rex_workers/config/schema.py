@@ -19,6 +19,7 @@ from .model import Upstream
 DEFAULT_PORTS = {"http": 80, "https": 443}
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 STREAMS = ("stdout", "stderr")
+STATIC_PREFIX = "static:"  # a route destination serving a directory: static:./assets
 
 # --------------------------------------------------------------------------- schema
 
@@ -75,6 +76,7 @@ ROUTE = {
         "type": ["string", "list"],
         "required": True,
         "empty": False,
+        "coerce": "destination",  # static:DIR, relative to the config file like every path
         "check_with": "destination",
         "schema": UPSTREAM_ENTRY,  # applies to list items only; strings are checked whole
     },
@@ -241,11 +243,14 @@ def parse_destination(text: str) -> Upstream:
         raise ValueError(f"a destination cannot be empty or contain spaces: {text!r}")
     if text.startswith("wsgi:"):
         raise ValueError(f"{text} is a WSGI app, not a network address")
+    if text.startswith("static:"):
+        raise ValueError(f"{text} is a directory, not a network address")
     url = text if "://" in text else f"http://{text}"
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
     if scheme not in DEFAULT_PORTS:
-        raise ValueError(f"unsupported scheme {parts.scheme}:// (use http://, https:// or wsgi:)")
+        raise ValueError(f"unsupported scheme {parts.scheme}:// "
+                         "(use http://, https://, wsgi: or static:)")
     if "?" in url or "#" in url:
         raise ValueError(f"a destination cannot have a query or fragment: {text}")
     if "@" in parts.netloc:

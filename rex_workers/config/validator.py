@@ -23,6 +23,7 @@ from .pemfiles import client_files_problem
 from .routing import pattern_error
 from .schema import (
     SCHEMA,
+    STATIC_PREFIX,
     STREAMS,
     parse_destination,
     parse_duration,
@@ -85,6 +86,13 @@ class RexValidator(cerberus.Validator):
         base = self._config.get("base_dir") or os.getcwd()
         return os.path.normpath(os.path.join(base, os.path.expanduser(value)))
 
+    def _normalize_coerce_destination(self, value):
+        """``static:DIR`` holds a path: made absolute here like ``public``."""
+        if isinstance(value, str) and value.strip().startswith(STATIC_PREFIX):
+            directory = value.strip()[len(STATIC_PREFIX):].strip()
+            return STATIC_PREFIX + (self._normalize_coerce_path(directory) or "")
+        return value
+
     def _normalize_coerce_log_target(self, value):
         if value in STREAMS or value in ("off", ""):
             return value
@@ -140,17 +148,27 @@ class RexValidator(cerberus.Validator):
 
     def _check_with_destination(self, field, value):
         if isinstance(value, str):
-            if value.strip().startswith("wsgi:"):
+            if value.startswith(STATIC_PREFIX):  # coerced: no spaces around it any more
+                self._check_static(field, value[len(STATIC_PREFIX):])
+            elif value.strip().startswith("wsgi:"):
                 if not _WSGI.fullmatch(value.strip()):
                     self._error(field, f"invalid WSGI target {value!r} (expected "
                                        "wsgi:package.module:app or wsgi:module:factory())")
             else:
                 self._check_with_url(field, value)
 
+    def _check_static(self, field, directory: str) -> None:
+        if not directory:
+            self._error(field, "static: needs a directory (static:./assets)")
+        elif not os.path.isdir(directory):
+            missing = "not a directory" if os.path.exists(directory) else "directory not found"
+            self._error(field, f"static: {missing}: {directory}")
+
     def _check_with_upstream(self, field, value):
         if isinstance(value, str):
-            if value.strip().startswith("wsgi:"):
-                self._error(field, "a wsgi: destination must be a route's only destination")
+            kind = next((k for k in ("wsgi:", STATIC_PREFIX) if value.strip().startswith(k)), "")
+            if kind:
+                self._error(field, f"a {kind} destination must be a route's only destination")
             else:
                 self._check_with_url(field, value)
 
@@ -170,6 +188,8 @@ class RexValidator(cerberus.Validator):
         if isinstance(destination, str) and destination.strip().startswith("wsgi:"):
             self._error(field, f"{field} is only for proxied destinations (a wsgi: app reads "
                                "its own body in a greenlet)")
+        elif isinstance(destination, str) and destination.strip().startswith(STATIC_PREFIX):
+            self._error(field, f"{field} is only for proxied destinations, not static:")
 
     def _check_with_redirect_https(self, field, value):
         if value is not True and value is not False and not 1 <= value <= 65535:

@@ -122,7 +122,7 @@ def format_status(statuses: list[dict]) -> str:
     lines = []
     for st in statuses:
         lines.append(f"master {st['pid']}  {st.get('state', '?')}  up {_duration(st['uptime'])}"
-                     f"  generation {st.get('generation', '?')}  config {st['config']}")
+                     f"  generation {st.get('generation', '?')}  config {st['config'] or '(none)'}")
         lines += [f"  {url}" for url in st.get("urls", [])]
         lines += [f"  worker {w['worker']}  pid {w['pid']}  gen {w['generation']}  "
                   f"{w['state']:<8}  requests {w['requests']}  connections {w['connections']}"

@@ -5,8 +5,9 @@ One ``Listener`` per bound address (several instances may share it as virtual
 hosts); one ``Site`` per instance. A request first passes the site's request
 stage (rules that may answer it themselves: the HTTPS redirect today; access
 rules and limits later), then the original Rex's order (SPEC §4): an existing
-file under ``public`` (GET/HEAD) → routes → the global ``upstream`` pool → the
-SPA fallback → 404; with nothing configured, the welcome page. Every responder
+file under ``public`` (GET/HEAD) → routes (a proxy, a WSGI app or a ``static:``
+directory) → the global ``upstream`` pool → the SPA fallback → 404; with nothing
+configured, the welcome page. Every responder
 answers through the request's ``Stream``; none of this writes protocol bytes.
 """
 
@@ -43,7 +44,12 @@ class Site:
 
             self.static = StaticSite(instance.public, instance.static)
         self.groups: dict[int, UpstreamGroup] = {}
+        self.files = {}  # route index -> StaticSite of its static: directory
         for route in instance.routes:
+            if route.static:
+                from rex_static import StaticSite
+
+                self.files[route.index] = StaticSite(route.static, instance.static)
             if route.upstreams:
                 self.groups[route.index] = group(route.upstreams, route.balance,
                                                  site=str(instance.index), route=route)
@@ -78,6 +84,9 @@ class Site:
             if route.wsgi:
                 self.wsgi.serve(stream, route, match.strip_segments)
                 return
+            if route.static:
+                self._files(stream, route.index, match.strip_segments)
+                return
             key = (route.index, match.strip_segments)
             target = self._targets.get(key)
             if target is None:
@@ -98,6 +107,16 @@ class Site:
                else HTTPError("no route", 404))
         exc.close = False
         raise exc
+
+
+    def _files(self, stream: Stream, index: int, mount_segments: int) -> None:
+        """A static: route answers from its directory alone: a file, else a 404 (or 405)."""
+        if self.files[index].handle(stream, mount_segments):
+            return
+        if stream.request.method in ("GET", "HEAD"):
+            stream.respond(pages.response(404))
+        else:  # RFC 9110 §15.5.6: a 405 lists the methods that would work
+            stream.respond(pages.response(405, headers=(("Allow", "GET, HEAD"),)))
 
 
 class RedirectHttps:

@@ -1,0 +1,94 @@
+"""The effective config as a document in the file's own shape: what ``rex config`` prints.
+
+The inverse of the loader: every key a ``Config`` holds, defaults included,
+so a person sees what Rex will do (Caddy's ``adapt`` idea), and a document
+that loads back into an equal ``Config`` (the tests hold it to that). Values
+come out resolved: ``workers: auto`` as the number it stands for, relative
+paths as absolute ones, sizes in bytes, durations in seconds, ``sslConfig``
+as ``tls``. Keys whose default is "none" (``public``, ``tls``, ``admin``,
+``pool``, ``fallback``…) appear only when set; options that only mean
+something for one kind of destination appear only on routes of that kind.
+
+Pure: model objects in, plain data out; no YAML, no I/O, no gevent.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, fields
+
+from .model import Config, Instance, Route, Upstream
+from .schema import STATIC_PREFIX
+
+# Route options that mean something only where requests are proxied.
+_PROXY_ONLY = ("strip_prefix", "preserve_host", "balance", "health_check", "retries",
+               "timeouts", "buffer_requests", "buffer_responses")
+
+
+def dump(config: Config) -> dict:
+    """``config`` as a config document (plain dicts, lists, str, int, float, bool)."""
+    doc: dict = {"server": {"instances": [_instance(i) for i in config.instances]}}
+    doc["upstream"] = [_upstream(u) for u in config.upstream]
+    doc["upstream_balance"] = config.upstream_balance
+    doc["workers"] = config.workers
+    doc["timeouts"] = asdict(config.timeouts)
+    doc["limits"] = asdict(config.limits)
+    doc["buffering"] = _set(asdict(config.buffering))
+    logging = asdict(config.logging)
+    logging["access"] = logging["access"] or "off"
+    doc["logging"] = logging
+    if config.admin is not None:
+        doc["admin"] = asdict(config.admin)
+    for name in ("graceful_timeout", "timeout", "max_requests", "max_requests_jitter",
+                 "reuse_port"):
+        doc[name] = getattr(config, name)
+    doc["trusted_proxies"] = list(config.trusted_proxies)
+    doc["monkey_patch"] = config.monkey_patch
+    doc["pythonpath"] = list(config.pythonpath)
+    return doc
+
+
+def _set(values: dict) -> dict:
+    """Without the keys whose value is None: "not set" has no spelling in the file."""
+    return {k: v for k, v in values.items() if v is not None}
+
+
+def _instance(inst: Instance) -> dict:
+    out: dict = {"port": inst.port, "host": inst.host}
+    if inst.public:
+        out["public"] = inst.public
+    out["server_names"] = list(inst.server_names)
+    if inst.tls is not None:
+        out["tls"] = {"cert": inst.tls.cert, "key": inst.tls.key}
+    out["redirect_https"] = inst.redirect_https
+    static = _set(asdict(inst.static))
+    static["index"] = list(inst.static.index)
+    out["static"] = static
+    out["routes"] = [_route(r) for r in inst.routes]
+    return out
+
+
+def _route(route: Route) -> dict:
+    out: dict = {"path": route.path}
+    if route.wsgi:
+        out["destination"] = f"wsgi:{route.wsgi}"
+    elif route.static:
+        out["destination"] = STATIC_PREFIX + route.static
+    else:
+        out["destination"] = [_upstream(u) for u in route.upstreams]
+    out["methods"] = sorted(route.methods) if route.methods is not None else None
+    out["priority"] = route.priority
+    if route.upstreams:
+        for name in _PROXY_ONLY:
+            out[name] = getattr(route, name)
+        check = route.health_check
+        out["health_check"] = asdict(check) if check is not None else False
+        out["timeouts"] = {"connect": route.timeouts.connect, "read": route.timeouts.read}
+    if route.wsgi and route.pool is not None:
+        out["pool"] = route.pool
+    return _set(out)
+
+
+def _upstream(up: Upstream) -> dict:
+    names = [f.name for f in fields(Upstream) if f.init and f.name not in
+             ("scheme", "host", "port", "base_path")]
+    return {name: getattr(up, name) for name in names}
