@@ -158,8 +158,10 @@ def load(path: str):
 class Arbiter:
     SIGNALS = ("HUP", "TERM", "INT", "QUIT", "TTIN", "TTOU", "USR1", "CHLD")
 
-    def __init__(self, config: Config, source: str, workers: int | None, log: MasterLog) -> None:
+    def __init__(self, config: Config, source: str, workers: int | None, log: MasterLog,
+                 looked_for: str | None = None) -> None:
         self.pid = os.getpid()
+        self.looked_for = looked_for  # the file not found at start (built-in config)
         self.version = __version__
         self.source = source  # "explicit" (-c) or "active": how the config was chosen
         self.override = workers  # -w N wins over the config's `workers`, on reloads too
@@ -205,8 +207,9 @@ class Arbiter:
         self.admin = new
 
     def config_path(self) -> str:
-        """The file reloads re-read: the one served (`rex load` names another with its HUP)."""
-        return self.generations.current.config.path
+        """The file reloads re-read: the one served (`rex load` names another with its HUP);
+        with the built-in config, the file looked for at start (`rex --init` writes it)."""
+        return self.generations.current.config.path or self.looked_for
 
     # -- the loop ------------------------------------------------------------------------
     def run(self) -> int:
@@ -483,10 +486,10 @@ class Arbiter:
 
 
 def run_master(config: Config, source: str, workers: int | None, log: MasterLog,
-               notify: int | None = None) -> int:
+               notify: int | None = None, looked_for: str | None = None) -> int:
     """Bind, fork the workers and supervise them until stopped."""
     try:
-        arbiter = Arbiter(config, source, workers, log)
+        arbiter = Arbiter(config, source, workers, log, looked_for)
     except RexError as exc:
         if notify is not None:
             tell(notify, False, str(exc))
@@ -515,12 +518,13 @@ def cmd_start(path: str | None, foreground: bool, workers: int | None) -> int:
     from rex_workers.cli.starter import builtin_config
 
     source, found = "explicit" if path else "active", config_file(path)
-    config = load(os.path.abspath(found)) if found else builtin_config(active_config())
+    looked_for = None if found else active_config()
+    config = load(os.path.abspath(found)) if found else builtin_config(looked_for)
     if workers:
         config = replace(config, workers=workers)
     raise_nofile()
     if foreground:
-        return run_master(config, source, workers, MasterLog())
+        return run_master(config, source, workers, MasterLog(), looked_for=looked_for)
     log_path = os.path.join(rex_home(), "rex.log")
     caller, fd = daemonize(log_path)
     if caller:
@@ -531,7 +535,7 @@ def cmd_start(path: str | None, foreground: bool, workers: int | None) -> int:
         return EXIT_OK
     code = EXIT_FAILURE
     try:
-        code = run_master(config, source, workers, MasterLog(log_path), fd)
+        code = run_master(config, source, workers, MasterLog(log_path), fd, looked_for)
     except RexError as exc:
         if not exc.logged:
             MasterLog(log_path).error(str(exc))

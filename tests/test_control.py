@@ -44,8 +44,9 @@ def test_reload_and_load_wait_for_the_outcome_and_say_why_they_failed(rex):
     assert loaded.stderr.splitlines() == [
         f"rex: master {pid}: reload failed; still serving generation 2: worker 1 could not "
         "start: WSGILoadError: wsgi:flaky_app:app: RuntimeError: broken on purpose",
-        f"the active config stays {rex.config}"]
-    assert rex.cli("check").stdout.startswith(f"{rex.config}: ok")  # nothing recorded
+        f"rex: the active config stays {rex.config}"]
+    # Nothing recorded: the active config is still the one it was.
+    assert rex.cli("config").stdout.startswith(f"# The effective config of {rex.config},")
 
     (rex.workdir / "broken").unlink()
     loaded = rex.cli("load", str(other))
@@ -61,7 +62,7 @@ def test_reload_and_load_wait_for_the_outcome_and_say_why_they_failed(rex):
     assert bad.returncode == 1
     lines = bad.stderr.splitlines()
     assert lines[0] == f"rex: master {pid}: reload failed; still serving generation 3:"
-    assert [line.split(": ")[:2] for line in lines[1:]] == [
+    assert [line.removeprefix("rex: ").split(": ")[:2] for line in lines[1:]] == [
         [f"{other}:7", "workers"], [f"{other}:8", "graceful_timeout"]]
 
 
@@ -111,8 +112,8 @@ def test_load_and_stop_act_on_this_directory_s_master(rex, daemons):
     assert lines[0] == (f"rex: no running rex master serves {rex.config} or was started in "
                         f"{rex.workdir}; say which with -p (or --all):")
     assert sorted(lines[1:]) == sorted([
-        f"  -p {a_pid}  {a.config}  (started in {a.workdir})",
-        f"  -p {b_pid}  {staging}  (started in {b.workdir})"])
+        f"rex:   -p {a_pid}  {a.config}  (started in {a.workdir})",
+        f"rex:   -p {b_pid}  {staging}  (started in {b.workdir})"])
 
     # Two masters serving project B's config (reuse_port shares the port): B must say which.
     twin = b.cli("start", "-c", "staging.yaml")
@@ -122,8 +123,9 @@ def test_load_and_stop_act_on_this_directory_s_master(rex, daemons):
     assert ambiguous.returncode == 1
     assert ambiguous.stderr.splitlines()[0] == (
         f"rex: 2 running masters serve {staging}; say which with -p:")
-    assert {f"-p {b_pid}", f"-p {twin_pid}"} <= {line.strip()[:len(f"-p {b_pid}")]
-                                                 for line in ambiguous.stderr.splitlines()[1:]}
+    assert {f"-p {b_pid}", f"-p {twin_pid}"} <= {
+        line.removeprefix("rex:").strip()[:len(f"-p {b_pid}")]
+        for line in ambiguous.stderr.splitlines()[1:]}
     assert b.cli("load", "rex.config.yaml").returncode == 1  # nothing changed
     assert b.cli("check").stdout.startswith(f"{staging}: ok")
 

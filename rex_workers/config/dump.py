@@ -59,12 +59,20 @@ def _instance(inst: Instance) -> dict:
     out["server_names"] = list(inst.server_names)
     if inst.tls is not None:
         out["tls"] = {"cert": inst.tls.cert, "key": inst.tls.key}
-    out["redirect_https"] = inst.redirect_https
+    out["redirect_https"] = _redirect(inst)
     static = _set(asdict(inst.static))
     static["index"] = list(inst.static.index)
     out["static"] = static
     out["routes"] = [_route(r) for r in inst.routes]
     return out
+
+
+def _redirect(inst: Instance) -> bool | int:
+    """``redirect_https`` as written: one port for every host is the same as that port."""
+    ports = inst.https_ports
+    if inst.redirect_https and len(ports) == 1 and not ports[0][0]:
+        return ports[0][1]
+    return inst.redirect_https
 
 
 def _route(route: Route) -> dict:
@@ -90,5 +98,8 @@ def _route(route: Route) -> dict:
 
 def _upstream(up: Upstream) -> dict:
     names = [f.name for f in fields(Upstream) if f.init and f.name not in
-             ("scheme", "host", "port", "base_path")]
-    return {name: getattr(up, name) for name in names}
+             ("scheme", "host", "port", "base_path", "tls")]
+    out = {name: getattr(up, name) for name in names}
+    if up.tls is not None:
+        out["tls"] = _set(asdict(up.tls))
+    return out

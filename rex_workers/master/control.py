@@ -37,9 +37,8 @@ POLL = 0.05  # seconds between looks at a master's files while waiting for it
 class RexError(Exception):
     """A failure the user can act on: printed as one line (or a few), exit code attached.
 
-    ``main`` puts ``rex: `` before a one-line message; a message of several lines
-    is printed as it is (config errors: one ``file:line:`` line each), so those
-    made here carry the prefix themselves (``several``).
+    ``main`` puts ``rex: `` before each of its lines, one or many (config errors:
+    one ``file:line:`` line each).
     """
 
     def __init__(self, message: str, code: int = 1, logged: bool = False) -> None:
@@ -49,8 +48,7 @@ class RexError(Exception):
 
 
 def several(lines: list[str]) -> RexError:
-    text = "\n".join(lines)
-    return RexError(f"rex: {text}" if "\n" in text else text)
+    return RexError("\n".join(lines))
 
 
 @dataclass(frozen=True)
