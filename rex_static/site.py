@@ -27,7 +27,7 @@ from rex_workers.http.message import FileRegion, Response, Stream
 
 from . import listing
 from .cache import TTLCache
-from .conditional import NOT_MODIFIED, NOT_SATISFIABLE, PARTIAL, Outcome, evaluate
+from .conditional import NOT_MODIFIED, NOT_SATISFIABLE, OK, PARTIAL, Outcome, evaluate
 from .files import EXHAUSTED, Changed, FileSystem, identity
 from .mime import content_type
 from .negotiate import SUFFIXES, choose_encoding
@@ -218,7 +218,11 @@ class StaticSite:
                 self.cache.discard(key)
                 rep = self._describe(variant.node, st, rep.content_type, rep.coding, rep.vary)
         try:
-            self._send(stream, rep, evaluate(req.method, req.header, rep.validators), fd)
+            # A request without preconditions or a Range (``conditional`` is False only
+            # where the fast lane saw the whole head) gets the whole file.
+            outcome = evaluate(req.method, req.header, rep.validators) if req.conditional \
+                else Outcome(OK, 0, rep.size)
+            self._send(stream, rep, outcome, fd)
         finally:
             if fd is not None:
                 os.close(fd)

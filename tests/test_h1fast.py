@@ -242,3 +242,16 @@ def test_the_next_response_on_a_pooled_connection_after_a_fast_one():
     assert [(k, p) for k, p in reader.events if k != HEAD] == [(BODY, b"xyz"), (END, [])]
     reader.events.clear()
     assert reader.reusable()
+
+
+@pytest.mark.parametrize("field", [b"If-None-Match: \"x\"", b"if-match: *", b"Range: bytes=0-1",
+                                   b"If-Modified-Since: Sun, 06 Dec 2026 06:00:00 GMT",
+                                   b"If-Unmodified-Since: Sun, 06 Dec 2026 06:00:00 GMT",
+                                   b"If-Range: \"x\""])
+def test_the_lane_says_whether_a_head_may_be_conditional(field):
+    # Static files skip precondition and range evaluation only when this is False.
+    plain = fast_request(WRK[:-2], ("", 0), 80, "http")
+    assert plain is not None and plain.conditional is False
+    head = WRK[:-2] + field + b"\r\n"
+    req = fast_request(head, ("", 0), 80, "http")
+    assert req is not None and req.conditional is True

@@ -38,8 +38,11 @@ _HEAD = re.compile(rb"(GET|HEAD) (/[!\"$-~]*) HTTP/1\.1\r\n((?:[%s]+:[ \t]*%s\r\
 _FIELD = re.compile(rb"([%s]+):[ \t]*(%s)\r\n" % (_TCHAR, _VALUE))
 # Field lines whose meaning the strict path checks: found, not judged, here.
 _SPECIAL = re.compile(
-    rb"(?:^|\n)(host|connection|content-length|transfer-encoding|expect|upgrade|%s):[ \t]*([^\r]*)"
-    % b"|".join(sorted(SINGLETONS)), re.IGNORECASE)
+    rb"(?:^|\n)(host|connection|content-length|transfer-encoding|expect|upgrade|if-match|"
+    rb"if-none-match|%s):[ \t]*([^\r]*)" % b"|".join(sorted(SINGLETONS)), re.IGNORECASE)
+# Preconditions and ranges (RFC 9110 §13.1, §14.2): a head without any is unconditional.
+_CONDITIONAL = frozenset({b"if-match", b"if-none-match", b"if-modified-since",
+                          b"if-unmodified-since", b"if-range", b"range"})
 _SLOW = frozenset({b"content-length", b"transfer-encoding", b"expect", b"upgrade"})
 # An upstream's status line and fields; 1xx are left to llhttp (interim responses).
 _RESPONSE = re.compile(rb"HTTP/1\.([01]) ([2-5][0-9][0-9]) ([\t -~\x80-\xff]*)\r\n"
@@ -79,6 +82,7 @@ def fast_request(head: bytes, client_addr: tuple[str, int], server_port: int,
     method, target, block = match.groups()
     host = None
     keep_alive = True
+    conditional = False
     seen: set[bytes] = set()
     for name, value in _SPECIAL.findall(block):
         lname = name.lower()
@@ -87,6 +91,8 @@ def fast_request(head: bytes, client_addr: tuple[str, int], server_port: int,
         seen.add(lname)
         if lname == b"host":
             host = value
+        elif lname in _CONDITIONAL:
+            conditional = True
         elif lname == b"connection":
             keep_alive = _KEEP.get(value.lower())
             if keep_alive is None:
@@ -96,7 +102,7 @@ def fast_request(head: bytes, client_addr: tuple[str, int], server_port: int,
     raw_path, _, query = target.partition(b"?")
     return Request(method.decode(), target, "", query, "1.1", _FIELD.findall(block),
                    host_only(host), keep_alive, None, False, False, client_addr,
-                   server_port, scheme, raw_path)
+                   server_port, scheme, raw_path, conditional)
 
 
 def fast_response(head: bytes) -> Response | None:

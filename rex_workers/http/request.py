@@ -52,6 +52,9 @@ class Request:
     server_port: int = 0
     scheme: str = "http"
     raw_path: bytes = b""  # target without the query
+    # May carry a precondition (If-*) or a Range: False only where the fast lane saw
+    # the whole head and none of them, so static files skip evaluating them.
+    conditional: bool = True
 
     @property
     def has_body(self) -> bool:
