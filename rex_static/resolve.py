@@ -42,10 +42,12 @@ WELL_KNOWN = ".well-known"
 # A client that encodes a path more than this many times is not a browser.
 MAX_DECODINGS = 3
 
-# Searched over the whole path at once: these run on every request.
+# Searched over the whole path at once: these run on every request, so one search
+# finds whether any hostile spelling is there, and only then which one.
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _DOT_DOT = re.compile(r"/\.\.(?:/|$)")
 _DRIVE = re.compile(r"/[A-Za-z]:")
+_ANY = re.compile(r"[\x00-\x1f\x7f\\]|/\.\.(?:/|$)|/[A-Za-z]:")
 # Characters kept as they are when a path is written into a Location header:
 # RFC 3986 §3.3 pchar without "%", plus "/".
 _PATH_SAFE = "/:@!$&'()*+,;=-._~"
@@ -95,6 +97,8 @@ def path_problem(path: str) -> str | None:
     """Why a decoded path must not reach the file system, or None."""
     if not path.startswith("/"):
         return "not an absolute path"
+    if _ANY.search(path) is None:
+        return None
     if _CONTROL.search(path):
         return "control character"
     if "\\" in path:
@@ -125,6 +129,8 @@ def raw_path_problem(raw_path: bytes) -> str | None:
         problem = path_problem(text)
         if problem is not None:
             return problem
+        if b"%" not in data:
+            return None  # nothing left to decode
         decoded = unquote_to_bytes(data)
         if decoded == data:
             return None

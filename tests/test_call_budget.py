@@ -18,7 +18,7 @@ import sys
 
 from conftest import ROOT
 
-BUDGET = {"proxied 13 B": 210, "static 1 KiB": 105, "proxied 64 KiB": 240}
+BUDGET = {"proxied 13 B": 210, "static 1 KiB": 97, "proxied 64 KiB": 240}
 
 
 def test_python_calls_per_request_stay_within_budget():
