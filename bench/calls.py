@@ -6,7 +6,8 @@ this process (config file, ``Runtime``, gevent ``StreamServer`` on 127.0.0.1),
 drives it from a client in a child process (plain blocking sockets, so none of
 the client's calls are counted), and counts every Python call made in this
 process while the child sends ``count`` keep-alive requests one after another.
-The proxied scenarios go to a small upstream in a second child process.
+The proxied scenarios go to a small upstream in a second child process; the
+bare relay (``bench/relay.py``), in this process too, shows the floor.
 
 The count includes what the worker's hub and greenlets do for the request and
 nothing else: the profile runs only between the child's "go" and its "done".
@@ -41,6 +42,8 @@ SCENARIOS = (
     Scenario("proxied 13 B", "proxy", "/13b.bin", 13),
     Scenario("static 1 KiB", "static", "/1k.bin", 1024),
     Scenario("proxied 64 KiB", "proxy", "/64k.bin", 64 * 1024),
+    # The floor: the same request through the bare relay (``bench/relay.py``).
+    Scenario("bare relay 13 B", "relay", "/13b.bin", 13),
 )
 
 # The client: connects, says it is ready, waits for "go", sends the requests one
@@ -122,7 +125,9 @@ class Worker:
 
         www = os.path.join(workdir, "www")
         _files(www)
-        self.ports = {"proxy": _free_port(), "static": _free_port()}
+        from bench import relay
+
+        self.ports = {"proxy": _free_port(), "static": _free_port(), "relay": _free_port()}
         path = os.path.join(workdir, "rex.yaml")
         with open(path, "w") as f:
             f.write(f"""\
@@ -141,6 +146,7 @@ workers: 1
                         for addr in vhosts]
         for server in self.servers:
             server.start()
+        self.servers.append(relay.serve(self.ports["relay"], upstream_port))
 
     def stop(self) -> None:
         for server in self.servers:

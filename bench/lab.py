@@ -95,6 +95,24 @@ class Lab:
             system.ports[site] = port
         return system
 
+    def start_relay(self) -> System:
+        """The bare relay (``bench/relay.py``) in front of the backend, as the "proxy" site."""
+        system = System("relay")
+        (port,) = free_ports(1)
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [REPO, env.get("PYTHONPATH")]))
+        server = Server("relay", [sys.executable, "-m", "bench.relay", str(port),
+                                  str(self.backend_port)],
+                        os.path.join(self.dir, "relay.log"), cwd=REPO, env=env)
+        try:
+            self._start(server, port)
+        except StartError as exc:
+            system.failed["proxy"] = str(exc)
+            return system
+        system.servers["proxy"] = server
+        system.ports["proxy"] = port
+        return system
+
     def _nginx_config(self, label: str, site: str, port: int) -> str:
         if site == "proxy":
             return configs.nginx_proxy(self.dir, label, port, self.backend_port)

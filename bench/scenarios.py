@@ -82,6 +82,9 @@ IDLE_SITE = "proxy"
 IDLE_PATH = "/13b.bin"
 IDLE_TARGET = Target("<=", 150.0, "MB")
 
+# The scenario the bare relay (``bench/relay.py``) is measured on, beside nginx.
+FLOOR_SCENARIO = "proxy_13b"
+
 # Python calls per request (``bench/calls.py``): issue 18's aims, absolute counts.
 CALLS_TARGETS = {"proxied 13 B": Target("<=", 100.0, "calls"),
                  "static 1 KiB": Target("<=", 50.0, "calls")}

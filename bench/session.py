@@ -22,6 +22,7 @@ from .lab import REPO, Lab, System
 from .procs import Server, StartError
 from .scenarios import (
     CALLS_TARGETS,
+    FLOOR_SCENARIO,
     IDLE_CONNECTIONS,
     IDLE_PATH,
     IDLE_SITE,
@@ -83,6 +84,7 @@ class Session:
         systems = self._start(results, calibrate)
         if systems:
             self._rounds(systems, results)
+            self._floor(systems[0], results)
             if measure_idle:
                 self._idle(systems, results, nofile)
         self._routes(results)
@@ -199,6 +201,27 @@ class Session:
             str(ROUTES_TARGET), report.verdict(ROUTES_TARGET, results.routes.ratio),
             note=f"{cost[small]:,.0f} ns per match with {small} routes, "
                  f"{cost[large]:,.0f} ns with {large} (rex_workers.config.routing.RouteTable)"))
+
+    def _floor(self, reference: System, results: Results) -> None:
+        """The bare relay beside nginx on the proxied 13 B scenario, alternated like the
+        rounds: how far the interpreter and gevent alone stay from nginx."""
+        scenario = next(s for s in SCENARIOS if s.key == FLOOR_SCENARIO)
+        log(f"bare relay: {scenario.label}, {self.rounds} round(s)")
+        relay = self.lab.start_relay()
+        if relay.failed:
+            results.problems.append(f"the bare relay could not start: {relay.failed['proxy']}")
+            return
+        figures: dict[str, list[float]] = {relay.name: [], reference.name: []}
+        for number in range(self.rounds):
+            for system in ([relay, reference] if number % 2 == 0 else [reference, relay]):
+                result = self._wrk(system, scenario, self.duration, results)
+                if result is not None:
+                    figures[system.name].append(result.req_per_s)
+        ref, floor = (report.median(figures[n]) for n in (reference.name, relay.name))
+        results.rows.append(report.Row(
+            f"bare relay {scenario.label}", "req/s", ref, floor,
+            floor / ref if ref and floor else None,
+            note="a 40-line gevent relay (bench/relay.py), no checks: the floor under Rex"))
 
     def _calls(self, results: Results) -> None:
         """Python calls per request in an in-process worker (``bench/calls.py``): counted

@@ -26,6 +26,6 @@ def test_python_calls_per_request_stay_within_budget():
                          cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
     figures = json.loads(run.stdout)
-    assert figures.keys() == BUDGET.keys()
-    over = {name: round(calls, 1) for name, calls in figures.items() if calls > BUDGET[name]}
+    assert BUDGET.keys() <= figures.keys()
+    over = {name: round(figures[name], 1) for name in BUDGET if figures[name] > BUDGET[name]}
     assert not over, f"more Python calls per request than the budget {BUDGET}: {over}"
