@@ -8,6 +8,8 @@ sub-requests it got so the tests can see what Rex asked.
 
 from __future__ import annotations
 
+import threading
+import time
 from http.server import BaseHTTPRequestHandler
 
 import pytest
@@ -27,7 +29,10 @@ class AuthService(BaseHTTPRequestHandler):
                                      "body": self.rfile.read(length) if length else b"",
                                      "peer": self.client_address[1]})
         cookie = self.headers.get("Cookie", "")
-        if cookie == "session=good":
+        if cookie == "session=slow":
+            self.server.release.wait(10)  # answers only once the test has seen Rex give up
+            self._answer(200, [], b"")
+        elif cookie == "session=good":
             self._answer(200, [("X-User", "alice"), ("X-Email", "alice@example.com"),
                                ("X-Internal", "not copied")], b"")
         elif cookie == "session=expired":
@@ -54,6 +59,7 @@ class AuthService(BaseHTTPRequestHandler):
 def site(tmp_path_factory):
     work = tmp_path_factory.mktemp("forward")
     auth, api = Upstream(AuthService), Upstream()
+    auth.server.release = threading.Event()
     rex = Rex(work, work / "home")
     rex.port = rex.serve(f"""\
         - path: /app
@@ -64,6 +70,10 @@ def site(tmp_path_factory):
         - path: /down
           destination: {api.url}
           auth: {{forward: {{url: "http://127.0.0.1:{free_port()}/check"}}}}
+        - path: /slow
+          destination: {api.url}
+          timeouts: {{read: 300ms}}
+          auth: {{forward: {{url: "{auth.url}/check"}}}}
     """, "workers: 1", instance=f"""\
         auth:
           forward:
@@ -73,6 +83,7 @@ def site(tmp_path_factory):
     rex.auth, rex.api = auth, api
     yield rex
     rex.stop()
+    auth.server.release.set()
     auth.close()
     api.close()
 
@@ -130,6 +141,18 @@ def test_an_unreachable_service_is_a_500_and_logged(site):
     assert reply.status == 500
     wait_for(lambda: "auth service http://127.0.0.1:" in site.output(), what="the error line")
     assert "/check: connect to" in site.output()
+
+
+def test_a_service_slower_than_the_read_timeout_is_a_500(site):
+    start = time.monotonic()
+    reply = send_request(site.port, b"GET /slow HTTP/1.1\r\nHost: a\r\nCookie: session=slow"
+                                    b"\r\n\r\n")
+    waited = time.monotonic() - start
+    site.auth.server.release.set()
+    assert reply.status == 500
+    # the route's timeouts.read (not the default 60 s), once: a timeout is not retried
+    assert 0.25 < waited < 0.58, waited
+    wait_for(lambda: "500 GET /slow: auth service" in site.output(), what="the error line")
 
 
 def test_keep_alive_to_the_service(site):

@@ -137,7 +137,7 @@ class ForwardRule:
                     elif kind == UPGRADE:
                         raise UpstreamError("it answered with 101 Switching Protocols")
             done = True
-        except OSError:
+        except ConnectionError:  # reset or broken pipe; a timeout is no sign of staleness
             if reused and not received:
                 raise _Stale from None
             raise
