@@ -5,11 +5,13 @@ which stored hashes the config accepts."""
 from __future__ import annotations
 
 import base64
+import dataclasses
 import shutil
 import subprocess
 
 import bcrypt
 import pytest
+import yaml
 
 from rex_workers.access.basic import (
     BasicRule,
@@ -18,7 +20,9 @@ from rex_workers.access.basic import (
     client_key,
     credentials,
 )
+from rex_workers.config.dump import dump
 from rex_workers.config.htpasswd import hash_problem, read_htpasswd
+from rex_workers.config.loader import load_config
 from rex_workers.config.model import BasicAuth
 from rex_workers.http.request import Request
 
@@ -152,3 +156,41 @@ def test_a_file_written_by_apache_htpasswd(tmp_path):
     assert bcrypt.checkpw(b"wonder land", users[0][1].encode())
     assert problems == [f"{path}:2: unsupported password hash: MD5 ($apr1$); use bcrypt: "
                         "htpasswd -B, or bcrypt.hashpw()"]
+
+
+def test_rex_config_dumps_access_rules_that_load_back_the_same(tmp_path):
+    """Routes say only where they differ from their instance (auth: false, allow: [all])."""
+    (tmp_path / "users").write_text(f"alice:{HASH}\n")
+    path = tmp_path / "rex.config.yaml"
+    path.write_text(f"""\
+server:
+  instances:
+    - port: 8000
+      allow: [10.0.0.0/8]
+      auth: {{basic: {{htpasswd: users}}}}
+      routes:
+        - {{path: /a, destination: "localhost:3000"}}
+        - {{path: /b, destination: "localhost:3000", auth: false, allow: all}}
+        - {{path: /c, destination: "localhost:3000", deny: [10.6.0.0/16]}}
+        - path: /d
+          destination: localhost:3000
+          auth: {{forward: {{url: "http://auth:4180/check?x=1", copy_headers: X-User}}}}
+          deny: all
+    - port: 8001
+      auth: {{basic: {{realm: R, users: {{bob: "{HASH}"}}}}}}
+""")
+    config = load_config(str(path))
+    doc = dump(config)
+    routes = doc["server"]["instances"][0]["routes"]
+    assert "auth" not in routes[0] and "allow" not in routes[0]
+    assert (routes[1]["auth"], routes[1]["allow"]) == (False, ["all"])
+    assert "allow" not in routes[2] and routes[2]["deny"] == ["10.6.0.0/16"]  # replaces both
+    copy = tmp_path / "effective.yaml"
+    copy.write_text(yaml.safe_dump(doc, sort_keys=False))
+    assert normalized(load_config(str(copy))) == normalized(config)
+
+
+def normalized(config):
+    instances = tuple(dataclasses.replace(i, line=0, routes=tuple(
+        dataclasses.replace(r, line=0) for r in i.routes)) for i in config.instances)
+    return dataclasses.replace(config, path="", digest="", instances=instances)
