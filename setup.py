@@ -25,6 +25,7 @@ setup(
         "docopt-ng>=0.9",
         "setproctitle>=1.3",
         "watchfiles>=0.21",  # rex wsgi --reload (README: dependencies and why)
+        "bcrypt>=4.1",  # auth: basic (README: dependencies and why)
     ],
     extras_require={
         "test": [

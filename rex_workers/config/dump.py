@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, fields
 
-from .model import Config, Instance, Route, Upstream
+from .model import BasicAuth, Config, ForwardAuth, Instance, Route, Upstream
 from .schema import STATIC_PREFIX
 
 # Route options that mean something only where requests are proxied.
@@ -63,8 +63,35 @@ def _instance(inst: Instance) -> dict:
     static = _set(asdict(inst.static))
     static["index"] = list(inst.static.index)
     out["static"] = static
-    out["routes"] = [_route(r) for r in inst.routes]
+    out.update(_access(inst))
+    out["routes"] = [{**_route(r), **_access(r, inst)} for r in inst.routes]
     return out
+
+
+def _access(scope: Instance | Route, instance: Instance | None = None) -> dict:
+    """``auth``, ``allow``, ``deny`` as written; on a route only where they differ from
+    its instance's (``auth: false``, ``allow: [all]`` say "not the instance's")."""
+    out: dict = {}
+    if scope.auth != (instance.auth if instance else None):
+        out["auth"] = _auth(scope.auth) if scope.auth else False
+    rule = (scope.allow, scope.deny)
+    if rule != ((instance.allow, instance.deny) if instance else ((), ())):
+        if scope.allow or not scope.deny:
+            out["allow"] = list(scope.allow) or ["all"]
+        if scope.deny:
+            out["deny"] = list(scope.deny)
+    return out
+
+
+def _auth(auth: BasicAuth | ForwardAuth) -> dict:
+    if isinstance(auth, ForwardAuth):
+        return {"forward": {"url": auth.url, "copy_headers": list(auth.copy_headers)}}
+    basic: dict = {"realm": auth.realm}
+    if auth.htpasswd:
+        basic["htpasswd"] = auth.htpasswd
+    else:
+        basic["users"] = dict(auth.users)
+    return {"basic": basic}
 
 
 def _redirect(inst: Instance) -> bool | int:

@@ -16,12 +16,15 @@ from dataclasses import fields, replace
 
 import yaml
 
+from .htpasswd import read_htpasswd
 from .model import (
     DEFAULT_HOST,
     TLS,
     Admin,
+    BasicAuth,
     Buffering,
     Config,
+    ForwardAuth,
     HealthCheck,
     Instance,
     Limits,
@@ -301,7 +304,39 @@ def _present(raw: dict, keys: tuple[str, ...]) -> dict:
     return {k: raw[k] for k in keys if k in raw}
 
 
-def _route(raw: dict, index: int, line: int, timeouts: Timeouts) -> Route:
+def _auth(value: dict | bool) -> BasicAuth | ForwardAuth | None:
+    if not isinstance(value, dict):  # auth: false
+        return None
+    if "forward" in value:
+        forward = value["forward"]
+        return ForwardAuth(url=forward["url"].strip(),
+                           copy_headers=tuple(forward.get("copy_headers", ())))
+    basic = value["basic"]
+    path = basic.get("htpasswd")
+    users = read_htpasswd(path)[0] if path else list(basic["users"].items())
+    return BasicAuth(users=tuple(users), htpasswd=path, **_present(basic, ("realm",)))
+
+
+def _networks(values: list[str]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(str(ipaddress.ip_network(v, strict=False)) for v in values))
+
+
+def _access(raw: dict, inherited: dict | None = None) -> dict:
+    """``auth``, ``allow``, ``deny`` of an instance, or of a route starting from its
+    instance's: a route's ``auth`` replaces the instance's, and a route setting either
+    list replaces both (one IP rule per scope). ``allow: all`` is no allow list at all."""
+    out = dict(inherited or {})
+    if "auth" in raw:
+        out["auth"] = _auth(raw["auth"])
+    if "allow" in raw or "deny" in raw:
+        allow, deny = raw.get("allow", []), raw.get("deny", [])
+        out["allow"] = () if "all" in allow else _networks(allow)
+        out["deny"] = ("0.0.0.0/0", "::/0") if "all" in deny else _networks(deny)
+    return out
+
+
+def _route(raw: dict, index: int, line: int, timeouts: Timeouts,
+           inherited: dict | None = None) -> Route:
     options = _present(raw, ("strip_prefix", "preserve_host", "priority", "retries", "pool",
                              "buffer_requests", "buffer_responses"))
     destination = raw["destination"]
@@ -312,6 +347,7 @@ def _route(raw: dict, index: int, line: int, timeouts: Timeouts) -> Route:
     else:
         entries = destination if isinstance(destination, list) else [destination]
         options["upstreams"] = tuple(_upstream(e, raw.get("tls")) for e in entries)
+    options.update(_access(raw, inherited))
     if "methods" in raw:
         options["methods"] = frozenset(raw["methods"])
     if "balance" in raw:
@@ -343,11 +379,12 @@ def _instance(raw: dict, index: int, lines: dict, timeouts: Timeouts) -> Instanc
         static["index"] = tuple(static["index"])
     if "fallback" in static:
         static["fallback"] = static["fallback"].lstrip("/")
-    routes = tuple(_route(r, n, _line_of(lines, (*where, "routes", n)), timeouts)
+    access = _access(raw)
+    routes = tuple(_route(r, n, _line_of(lines, (*where, "routes", n)), timeouts, access)
                    for n, r in enumerate(raw.get("routes") or []))
     return Instance(index=index, port=raw["port"], line=_line_of(lines, where), routes=routes,
                     server_names=tuple(raw.get("server_names", ())),
-                    static=StaticOptions(**static), **options)
+                    static=StaticOptions(**static), **access, **options)
 
 
 def _redirect_bare_http(instances: tuple[Instance, ...], raw: list[dict],

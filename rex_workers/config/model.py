@@ -103,6 +103,23 @@ class HealthCheck:
 
 
 @dataclass(frozen=True, slots=True)
+class BasicAuth:
+    """``auth: {basic: ...}``: users and their bcrypt hashes, checked per request."""
+
+    users: tuple[tuple[str, str], ...]  # (name, bcrypt hash), inline or from the file
+    realm: str = "Restricted"
+    htpasswd: str | None = None  # the file the users came from (absolute), if any
+
+
+@dataclass(frozen=True, slots=True)
+class ForwardAuth:
+    """``auth: {forward: ...}``: an auth service asked about each request (a sub-request)."""
+
+    url: str  # http(s)://host[:port]/path[?query]
+    copy_headers: tuple[str, ...] = ()  # from its 2xx answer into the request, as spelt
+
+
+@dataclass(frozen=True, slots=True)
 class Route:
     """One ``routes[]`` entry. Exactly one of ``upstreams`` / ``wsgi`` / ``static`` is set."""
 
@@ -122,6 +139,11 @@ class Route:
     pool: int | None = None  # WSGI: max concurrent app calls per worker
     buffer_requests: bool = True  # read a request body whole before choosing an upstream
     buffer_responses: bool = True  # read a response ahead of a slow client
+    # Access rules, resolved: the route's own, else its instance's (``auth: false`` -> None;
+    # a route that sets ``allow`` or ``deny`` replaces both of its instance's lists).
+    auth: BasicAuth | ForwardAuth | None = None
+    allow: tuple[str, ...] = ()  # CIDRs; () = no allow list (anyone not denied)
+    deny: tuple[str, ...] = ()
     line: int = 0  # config line, for messages
 
 
@@ -157,7 +179,17 @@ class Instance:
     https_ports: tuple[tuple[tuple[str, ...], int], ...] = ()
     routes: tuple[Route, ...] = ()
     static: StaticOptions = field(default_factory=StaticOptions)
+    # What the instance answers itself (files, the global pool, pages); routes copy these
+    # unless they set their own (see Route).
+    auth: BasicAuth | ForwardAuth | None = None
+    allow: tuple[str, ...] = ()
+    deny: tuple[str, ...] = ()
     line: int = 0
+
+    @property
+    def guarded(self) -> bool:
+        """Whether any request to this instance meets an access rule (else none runs)."""
+        return any(x.auth or x.allow or x.deny for x in (self, *self.routes))
 
     @property
     def address(self) -> tuple[str, int]:

@@ -70,6 +70,36 @@ UPSTREAM_ENTRY = {"type": ["string", "dict"], "check_with": "upstream", "schema"
 
 TIMEOUTS = {"connect": SECONDS, "read": SECONDS, "header": SECONDS, "idle": SECONDS}
 
+# Access rules (docs/access.md), on an instance and on a route (the route's win).
+IP_RULE = {**_list_of({"type": "string", "check_with": "ip_rule"}), "empty": False}
+AUTH = {
+    "type": ["dict", "boolean"],  # false: a route without its instance's auth
+    "check_with": "auth",
+    "schema": {
+        "basic": {
+            "type": "dict",
+            "check_with": "basic_auth",
+            "schema": {
+                "realm": {"type": "string", "empty": False, "check_with": "realm"},
+                "users": {"type": "dict", "empty": False,
+                          "keysrules": {"type": "string", "check_with": "user_name"},
+                          "valuesrules": {"type": "string", "check_with": "password_hash"}},
+                "htpasswd": {"type": "string", "empty": False, "coerce": "path",
+                             "check_with": "htpasswd", "excludes": "users"},
+            },
+        },
+        "forward": {
+            "type": "dict",
+            "excludes": "basic",
+            "schema": {
+                "url": {"type": "string", "required": True, "check_with": "auth_url"},
+                "copy_headers": _list_of({"type": "string", "check_with": "copied_field"}),
+            },
+        },
+    },
+}
+ACCESS = {"auth": AUTH, "allow": IP_RULE, "deny": IP_RULE}
+
 ROUTE = {
     "path": {"type": "string", "required": True, "check_with": "route_path"},
     "destination": {
@@ -106,6 +136,7 @@ ROUTE = {
     "buffer_requests": {**BOOL, "check_with": "proxy_only"},
     "buffer_responses": {**BOOL, "check_with": "proxy_only"},
     "tls": UPSTREAM_TLS,
+    **ACCESS,
 }
 
 TLS = {
@@ -135,6 +166,7 @@ INSTANCE = {
     # true: to the TLS instance's port for the request's host; a number: to that port
     "redirect_https": {"type": "https_redirect", "check_with": "redirect_https"},
     "static": {"type": "dict", "schema": STATIC},
+    **ACCESS,
 }
 
 SCHEMA = {
@@ -266,3 +298,19 @@ def parse_destination(text: str) -> Upstream:
         raise ValueError(f"invalid host in destination {text}")
     return Upstream(url=url, scheme=scheme, host=host, port=port or DEFAULT_PORTS[scheme],
                     base_path=parts.path.rstrip("/"))
+
+
+def parse_auth_url(text: str) -> tuple[Upstream, str]:
+    """A forward-auth service: its address as an upstream, and the request target to send.
+
+    Unlike a destination, the URL may carry a query (``/api/verify?rd=https://login``),
+    which is sent as written. Raises ValueError with a message fit for a config error.
+    """
+    parts = urlsplit(text.strip())
+    if parts.scheme.lower() not in DEFAULT_PORTS or not parts.netloc:
+        raise ValueError(f"must be an http:// or https:// URL: {text!r}")
+    if parts.fragment or any(c.isspace() for c in text.strip()):
+        raise ValueError(f"an auth URL cannot have a fragment or spaces: {text!r}")
+    up = parse_destination(f"{parts.scheme}://{parts.netloc}")
+    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    return up, target

@@ -19,12 +19,14 @@ from collections.abc import Sequence
 import cerberus
 from cerberus import errors
 
+from .htpasswd import hash_problem, read_htpasswd, user_problem
 from .pemfiles import client_files_problem
 from .routing import pattern_error
 from .schema import (
     SCHEMA,
     STATIC_PREFIX,
     STREAMS,
+    parse_auth_url,
     parse_destination,
     parse_duration,
     parse_size,
@@ -33,6 +35,9 @@ from .schema import (
 
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110 §5.6.2 tchar
 _DOTTED = r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*"
+# Fields that frame or route the request: an auth service's answer may not set them.
+_NOT_COPIED = frozenset({"host", "content-length", "transfer-encoding", "connection",
+                         "keep-alive", "te", "trailer", "upgrade", "expect"})
 _WSGI = re.compile(rf"wsgi:({_DOTTED}):([A-Za-z_]\w*(?:\(\))?)")
 
 # ---------------------------------------------------------------------- validator
@@ -204,6 +209,53 @@ class RexValidator(cerberus.Validator):
         problem = client_files_problem(value)
         if problem:
             self._error(field, problem)
+
+    # -- access rules (auth, allow, deny)
+
+    def _check_with_ip_rule(self, field, value):
+        if value != "all":
+            self._check_with_cidr(field, value)
+
+    def _check_with_auth(self, field, value):
+        if value is True:
+            self._error(field, "must be a mapping (basic: or forward:), or false for none")
+        elif isinstance(value, dict) and not value.keys() & {"basic", "forward"}:
+            self._error(field, "needs basic: or forward:")
+
+    def _check_with_basic_auth(self, field, value):
+        if not value.keys() & {"users", "htpasswd"}:
+            self._error(field, "needs users: or htpasswd:")
+
+    def _check_with_realm(self, field, value):
+        # sent inside a quoted string (RFC 9110 §11.2): no quote, backslash or control
+        if any(c in '"\\' or ord(c) < 32 or ord(c) == 127 for c in value):
+            self._error(field, "must not contain quotes, backslashes or control characters")
+
+    def _check_with_user_name(self, field, value):
+        problem = user_problem(value)
+        if problem:
+            self._error(field, problem)
+
+    def _check_with_password_hash(self, field, value):
+        problem = hash_problem(value)
+        if problem:
+            self._error(field, problem)
+
+    def _check_with_htpasswd(self, field, value):
+        for problem in read_htpasswd(value)[1]:
+            self._error(field, problem)
+
+    def _check_with_auth_url(self, field, value):
+        try:
+            parse_auth_url(value)
+        except ValueError as exc:
+            self._error(field, str(exc))
+
+    def _check_with_copied_field(self, field, value):
+        if not _TOKEN.fullmatch(value):
+            self._error(field, f"not a header name: {value!r}")
+        elif value.lower() in _NOT_COPIED:
+            self._error(field, f"{value} frames or routes the request: it cannot be copied")
 
     def _check_with_directory(self, field, value):
         name = f"{field} " if isinstance(field, str) else ""  # list items have no name

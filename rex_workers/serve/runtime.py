@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from ..access.guard import Access
 from ..config.model import Config, Instance, Route, Upstream
 from ..config.routing import RouteTable, VirtualHosts
 from ..http import h1fast
@@ -45,6 +46,8 @@ class Runtime:
         self.metrics = Recorder(layout or Layout(config))
         self.buffers = Buffers(config.buffering)
         self.proxy = Proxy(self.pool, self.trusted, config.limits.header_bytes, self.buffers)
+        self.guards = Access(self.trusted, self.pool, config.timeouts, config.limits.header_bytes,
+                             self.log_error)
         # (site label, route, group, upstream key -> metrics row) of every balancer.
         self._groups: list[tuple[str, Route | None, UpstreamGroup, dict[str, int]]] = []
         self.wsgi = None
@@ -66,7 +69,8 @@ class Runtime:
         self.tunnels: set = set()
 
     def _site(self, instance: Instance, table: RouteTable) -> Site:
-        return Site(instance, table, self.proxy, self.global_target, self.wsgi, self._group)
+        return Site(instance, table, self.proxy, self.global_target, self.wsgi, self._group,
+                    self.guards.guard)
 
     def _group(self, upstreams: Sequence[Upstream], balance: str, *, site: str,
                route: Route | None) -> UpstreamGroup:

@@ -33,7 +33,9 @@ class Site:
 
     def __init__(self, instance: Instance, table: RouteTable, proxy: Proxy,
                  global_target: Target | None, wsgi: WSGIApps | None,
-                 group: Callable[..., UpstreamGroup]) -> None:
+                 group: Callable[..., UpstreamGroup],
+                 guard: Callable[[Instance, RouteTable], RequestRule | None] | None = None,
+                 ) -> None:
         self.instance = instance
         self.table = table
         self.proxy = proxy
@@ -57,6 +59,11 @@ class Site:
         # The request stage: each rule may answer the request before dispatch.
         self.rules: tuple[RequestRule, ...] = (
             (RedirectHttps(instance.https_ports),) if instance.redirect_https else ())
+        # Access rules (auth, allow, deny: access/guard.py), after the redirect so that
+        # credentials are asked for over https; absent, nothing runs for them.
+        access = guard(instance, table) if guard is not None else None
+        if access is not None:
+            self.rules += (access,)
         # The filter stage for this site's responses (none yet: header rules and
         # compression plug in here, per route where they are configured).
         self.filters: tuple[Filter, ...] = ()
