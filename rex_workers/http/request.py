@@ -52,6 +52,9 @@ class Request:
     server_port: int = 0
     scheme: str = "http"
     raw_path: bytes = b""  # target without the query
+    # X-Request-ID: a trusted proxy's, else made by the connection (serve.conn); sent
+    # upstream, returned to the client and logged.
+    request_id: bytes = b""
 
     @property
     def has_body(self) -> bool:
