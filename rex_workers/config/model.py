@@ -152,7 +152,7 @@ class Rules:
     cors: Cors | bool | None = None  # False: none here, whatever an outer level says
     error_pages: tuple[tuple[str, str], ...] = ()  # ("404" or "5xx", absolute file)
     intercept_errors: bool | None = None
-    trailing_slash: str | None = None  # "add" or "remove": a 308 to the other spelling
+    trailing_slash: str | None = None  # routes only: "add" or "remove" (a 308 to the other)
 
 
 @dataclass(frozen=True, slots=True)

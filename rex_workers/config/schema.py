@@ -115,7 +115,6 @@ FRONT_DOOR = {
                         "check_with": "error_page"},
     },
     "intercept_errors": BOOL,
-    "trailing_slash": {"type": "string", "allowed": ("add", "remove")},
 }
 REDIRECT_STATUSES = (301, 302, 303, 307, 308)
 
@@ -177,6 +176,8 @@ ROUTE = {
         },
     },
     "rewrite": {"type": "string", "empty": False, "check_with": "rewrite"},
+    # a 308 to the path with (add) or without (remove) its trailing slash
+    "trailing_slash": {"type": "string", "allowed": ("add", "remove")},
     # a static: route's own options, over the instance's static: (key by key)
     "static": {"type": "dict", "schema": STATIC, "check_with": "static_only"},
     **FRONT_DOOR,
