@@ -111,6 +111,7 @@ def normalized(config: Config) -> Config:
 
 
 @pytest.mark.parametrize("name", ["full.yaml", "vhosts.yaml", "wsgi.yaml", "anchors.yaml",
+                                  "front-door.yaml",
                                   "logging-off.yaml", "original-readme-fallback.rex.config.yaml"])
 def test_the_effective_config_loads_back_into_the_same_config(name: str, tmp_path) -> None:
     config = load_config(str(VALID_DIR / name))

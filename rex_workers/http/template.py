@@ -89,12 +89,6 @@ class Template:
         self.text = text
         self.parts = templates.parse(text, captures)
 
-    @property
-    def plain(self) -> bool:
-        """No placeholders: the text is the value for every request."""
-        return all(type(p) is str and not p.startswith("{") for p in self.parts) \
-            or not self.parts
-
     def render(self, req: Request, trusted: Trusted, captured: tuple[str, ...] = ()) -> str:
         out = []
         for part in self.parts:

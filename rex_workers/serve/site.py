@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from ..config.model import Instance
+from ..config.model import Instance, Rules
 from ..config.routing import NameTable, RouteTable, VirtualHosts
 from ..http import pages
 from ..http.headerrules import edit_request
@@ -81,7 +81,7 @@ class Site:
         # Per route (by index): None when the route sets nothing of its own, so the
         # instance's door stands. Request edits of the outer levels ran already.
         self.doors = [frontdoor.build((*levels, r.rules), self.trusted, read, request_from=2)
-                      if r.rules != type(r.rules)() else None for r in instance.routes]
+                      if r.rules != Rules() else None for r in instance.routes]
         self.preflights = any(d is not None and d.cors is not None
                               for d in (self.door, *self.doors))
         self.redirects = {r.index: Redirector(r.redirect, r.path)
