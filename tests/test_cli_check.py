@@ -111,6 +111,7 @@ def normalized(config: Config) -> Config:
 
 
 @pytest.mark.parametrize("name", ["full.yaml", "vhosts.yaml", "wsgi.yaml", "anchors.yaml",
+                                  "front-door.yaml",
                                   "logging-off.yaml", "original-readme-fallback.rex.config.yaml"])
 def test_the_effective_config_loads_back_into_the_same_config(name: str, tmp_path) -> None:
     config = load_config(str(VALID_DIR / name))
@@ -138,7 +139,8 @@ def test_rex_config_prints_every_default(rex, tmp_path):
                                      "backup": False, "max_fails": 1, "fail_timeout": 10.0}]
     assert route["timeouts"] == {"connect": 5.0, "read": 60.0} and route["retries"] == 1
     assert files == {"path": "/files", "destination": f"static:{rex.workdir / 'public'}",
-                     "priority": 0}  # no proxy options on a static: route
+                     "priority": 0, "static": site["static"]}  # no proxy options here;
+    # its static options are the instance's unless it has its own
     printed = rex.workdir / "printed.yaml"
     printed.write_text(result.stdout)
     assert normalized(load_config(str(printed))) == normalized(load_config(str(rex.config)))

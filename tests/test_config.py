@@ -29,7 +29,15 @@ from rex_workers.config.loader import (
     load_config,
     parse_destination,
 )
-from rex_workers.config.model import Config, HealthCheck, Timeouts, Upstream
+from rex_workers.config.model import (
+    Config,
+    Cors,
+    HeaderRules,
+    HealthCheck,
+    Redirect,
+    Timeouts,
+    Upstream,
+)
 from rex_workers.config.schema import SCHEMA
 
 CONFIGS = Path(__file__).parent / "configs"
@@ -133,6 +141,25 @@ VALID = {
         "instances.2.server_names": (),
         "instances.2.routes.0.upstreams.0.port": 3003,
         "instances.4.address": ("127.0.0.1", 8001),
+    },
+    "front-door.yaml": {
+        "rules.security_headers": True,
+        "rules.response_headers": HeaderRules(set=(("X-Env", "prod"),), remove=("server",)),
+        "instances.0.inherited.security_headers": True,
+        "instances.0.rules.security_headers": None,
+        "instances.0.rules.cors": Cors(origins=("https://app.example.com",), max_age=600),
+        "instances.0.rules.error_pages": (("404", str(VALID_DIR / "site" / "index.html")),
+                                          ("5xx", str(VALID_DIR / "site" / "index.html"))),
+        "instances.0.rules.request_headers": HeaderRules(
+            set=(("X-Real-IP", "{client_ip}"),),
+            add=(("X-Trace", "{request_id}"), ("X-Trace", "2")), remove=("cookie",)),
+        "instances.0.routes.0.redirect": Redirect(to="/new/{1}", status=301),
+        "instances.0.routes.0.upstreams": (),
+        "instances.0.routes.1.rewrite": "/api/v1{path}",
+        "instances.0.routes.1.rules.cors": False,
+        "instances.0.routes.1.rules.intercept_errors": True,
+        "instances.0.routes.2.static_options.listing": True,
+        "instances.0.routes.2.rules.trailing_slash": "add",
     },
     "wsgi.yaml": {
         "has_wsgi": True,

@@ -11,7 +11,8 @@ from conftest import free_port, read_reply, send_request, wait_for
 COMBINED = re.compile(
     r'^127\.0\.0\.1 - - \[\d\d/\w{3}/\d{4}:\d\d:\d\d:\d\d [+-]\d{4}\] '
     r'"(?P<request>[^"]*)" (?P<status>\d{3}) (?P<bytes>\d+) "(?P<referer>[^"]*)" '
-    r'"(?P<agent>[^"]*)" upstream=(?P<upstream>\S+) rt=(?P<rt>[\d.]+) urt=(?P<urt>[\d.]+|-)$')
+    r'"(?P<agent>[^"]*)" upstream=(?P<upstream>\S+) rt=(?P<rt>[\d.]+) urt=(?P<urt>[\d.]+|-) '
+    r'rid=(?P<rid>[0-9a-f]{12}-[0-9a-f]+)$')
 
 
 def start(rex, upstream, fmt: str) -> tuple[int, object, int]:

@@ -93,6 +93,51 @@ class StaticServer:
         ClientConn(self.sock_wrapper(sock), addr, self.dispatch, self.ctx).serve()
 
 
+class RouteServer:
+    """A directory served by a ``static:`` route at ``prefix`` of a real site.
+
+    The worker's own dispatch (``Listener`` → ``Site`` → the route's
+    ``StaticSite``), from a config loaded like any other, in this process.
+    ``normalizer`` replaces the site's path normaliser while it serves (the
+    naive one shows the route's resolver is enough on its own).
+    """
+
+    def __init__(self, root: str, prefix: str = "/files", static: str = "",
+                 normalizer=normalize) -> None:
+        import os
+        import tempfile
+
+        from rex_workers.config.loader import load_config
+        from rex_workers.config.routing import listeners
+        from rex_workers.serve import site
+
+        self.prefix = prefix
+        self._dir = tempfile.mkdtemp()
+        config = os.path.join(self._dir, "rex.config.yaml")
+        with open(config, "w") as f:
+            f.write(f"server:\n  instances:\n    - port: 8000\n      routes:\n"
+                    f"        - {{path: {prefix}, destination: 'static:{root}'{static}}}\n"
+                    "logging: {access: off}\n")
+        loaded = load_config(config)
+        self.ctx = Runtime(loaded, listeners(loaded))
+        self.dispatch = next(iter(self.ctx.listeners.values()))
+        self._site, self._saved = site, site.normalize
+        site.normalize = normalizer
+        self.server = StreamServer(("127.0.0.1", 0), self._connection)
+        self.server.start()
+        self.port = self.server.server_port
+
+    def _connection(self, sock, addr) -> None:
+        ClientConn(sock, addr, self.dispatch, self.ctx).serve()
+
+    def close(self) -> None:
+        import shutil
+
+        self.server.stop(timeout=1)
+        self._site.normalize = self._saved
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+
 class RecordingStream:
     """Just enough of a ``Stream`` to call a responder directly: it keeps the response."""
 

@@ -111,3 +111,49 @@ def test_static_docs_examples_load(tmp_path) -> None:
         config = tmp_path / "rex.config.yaml"
         config.write_text(block)
         assert load_config(str(config)).instances
+
+
+def test_static_routes_beside_public_each_with_every_static_feature(rex, tmp_path):
+    import gzip
+
+    for name in ("public", "docs", "build"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "public" / "index.html").write_text("<h1>home</h1>\n")
+    (tmp_path / "docs" / "guide.txt").write_bytes(b"0123456789" * 10)
+    (tmp_path / "build" / "app.js").write_text("console.log(1);\n" * 20)
+    (tmp_path / "build" / "app.js.gz").write_bytes(gzip.compress(b"console.log(1);\n" * 20))
+    port = rex.serve("""\
+        - path: /docs
+          destination: static:docs
+          static: {listing: true, cache_control: no-cache}
+        - path: /build/assets
+          destination: static:build
+        """, instance="public: public\nstatic: {cache_control: max-age=3600}")
+    assert get(port, "/").body == b"<h1>home</h1>\n"  # public keeps working beside them
+    ranged = get(port, "/docs/guide.txt", extra="Range: bytes=10-19\r\n")
+    assert (ranged.status, ranged.body) == (206, b"0123456789")
+    assert ranged.headers["content-range"] == "bytes 10-19/100"
+    assert get(port, "/docs/guide.txt", extra="Range: bytes=500-\r\n").status == 416
+    full = get(port, "/docs/guide.txt")
+    assert full.headers["cache-control"] == "no-cache"  # the route's own option
+    assert get(port, "/docs/guide.txt", extra=f"If-Modified-Since: "
+               f"{full.headers['last-modified']}\r\n").status == 304
+    assert b"guide.txt" in get(port, "/docs/").body  # its own listing option
+    packed = get(port, "/build/assets/app.js", extra="Accept-Encoding: gzip\r\n")
+    assert packed.headers["content-encoding"] == "gzip"
+    assert gzip.decompress(packed.body) == b"console.log(1);\n" * 20
+    assert packed.headers["cache-control"] == "max-age=3600"  # the instance's options
+    assert get(port, "/build/assets/").status == 404  # no listing there
+    assert get(port, "/build/assets/app.js", "HEAD").body == b""
+
+
+def test_route_static_options_only_on_static_routes(tmp_path) -> None:
+    config = tmp_path / "rex.config.yaml"
+    config.write_text("server:\n  instances:\n    - port: 8000\n      routes:\n"
+                      "        - {path: /a, destination: localhost:3000,\n"
+                      "           static: {listing: true}}\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(str(config))
+    assert caught.value.errors == [
+        f"{config}:6: server.instances.0.routes.0.static: static options on a route are only "
+        "for static: destinations"]

@@ -11,7 +11,14 @@ from __future__ import annotations
 import os
 
 import pytest
-from test_static_harness import Client, RecordingStream, StaticServer, get, naive_path
+from test_static_harness import (
+    Client,
+    RecordingStream,
+    RouteServer,
+    StaticServer,
+    get,
+    naive_path,
+)
 
 from rex_workers.config.model import StaticOptions
 from rex_workers.http.request import Request
@@ -86,36 +93,45 @@ def tree(tmp_path):
     return tmp_path
 
 
-@pytest.fixture(params=[normalize, naive_path], ids=["normalize", "naive"])
+@pytest.fixture(params=[(normalize, ""), (naive_path, ""), (normalize, "/files"),
+                        (naive_path, "/files")],
+                ids=["normalize", "naive", "route-normalize", "route-naive"])
 def server(request, tree):
-    opts = StaticOptions(listing=True, precompressed=True)
-    srv = StaticServer(str(tree / "public"), opts, normalizer=request.param)
+    """``public`` itself, or the same directory as a ``static:`` route at /files."""
+    normalizer, prefix = request.param
+    if prefix:
+        srv = RouteServer(str(tree / "public"), prefix, ", static: {listing: true}", normalizer)
+    else:
+        opts = StaticOptions(listing=True, precompressed=True)
+        srv = StaticServer(str(tree / "public"), opts, normalizer=normalizer)
+        srv.prefix = ""
     yield srv
     srv.close()
 
 
-def _fetch(port: int, target: bytes) -> tuple[int, bytes]:
-    with Client(port) as c:
-        c.send("GET", target, {"Connection": "close", "Accept-Encoding": "gzip, br"})
+def _fetch(server, target: bytes) -> tuple[int, bytes]:
+    with Client(server.port) as c:
+        c.send("GET", server.prefix.encode() + target,
+               {"Connection": "close", "Accept-Encoding": "gzip, br"})
         raw = c.read_all()
     return int(raw.split(b" ", 2)[1]) if raw else 0, raw
 
 
 @pytest.mark.parametrize("target", ATTEMPTS, ids=[t.decode("latin-1") for t in ATTEMPTS])
 def test_traversal_never_reaches_the_canary(server, target):
-    status, raw = _fetch(server.port, target)
+    status, raw = _fetch(server, target)
     assert CANARY not in raw
     assert status in (400, 403, 404), raw[:200]
 
 
 def test_absolute_path_of_the_canary_maps_under_the_root(server, tree):
-    status, raw = _fetch(server.port, str(tree / "canary.txt").encode())
+    status, raw = _fetch(server, str(tree / "canary.txt").encode())
     assert status == 404 and CANARY not in raw
 
 
 def test_symlinks_out_are_403_and_listed_nowhere(server):
-    assert _fetch(server.port, b"/link.txt")[0] == 403
-    page = get(server.port, "/sub/").body
+    assert _fetch(server, b"/link.txt")[0] == 403
+    page = get(server.port, server.prefix + "/sub/").body
     assert b"page.txt" in page and b"deep" not in page
 
 
@@ -166,10 +182,11 @@ def test_directory_swapped_for_a_symlink_after_caching(tree):
         assert get(srv.port, "/data/big.bin").body == b"a" * 200_000  # resolved and cached
         os.rename(public / "data", public / "data-old")
         (public / "data").symlink_to(outside)
-        status, raw = _fetch(srv.port, b"/data/big.bin")  # still within the cache's TTL
+        srv.prefix = ""
+        status, raw = _fetch(srv, b"/data/big.bin")  # still within the cache's TTL
         assert status == 403 and CANARY not in raw
         clock.now += 10
-        status, raw = _fetch(srv.port, b"/data/big.bin")  # resolved again from scratch
+        status, raw = _fetch(srv, b"/data/big.bin")  # resolved again from scratch
         assert status == 403 and CANARY not in raw
     finally:
         srv.close()

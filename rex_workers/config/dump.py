@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, fields
 
-from .model import BasicAuth, Config, ForwardAuth, Instance, Route, Upstream
+from .model import BasicAuth, Config, ForwardAuth, HeaderRules, Instance, Route, Rules, Upstream
 from .schema import STATIC_PREFIX
 
 # Route options that mean something only where requests are proxied.
@@ -44,7 +44,35 @@ def dump(config: Config) -> dict:
     doc["trusted_proxies"] = list(config.trusted_proxies)
     doc["monkey_patch"] = config.monkey_patch
     doc["pythonpath"] = list(config.pythonpath)
+    doc.update(_rules(config.rules))
     return doc
+
+
+def _rules(rules: Rules) -> dict:
+    """The front-door keys a level sets (none of them has a default to show)."""
+    out: dict = {}
+    headers = {direction: _header_rules(r) for direction, r in
+               (("request", rules.request_headers), ("response", rules.response_headers))
+               if r is not None}
+    if headers:
+        out["headers"] = headers
+    for name in ("security_headers", "intercept_errors", "trailing_slash"):
+        if getattr(rules, name) is not None:
+            out[name] = getattr(rules, name)
+    cors = rules.cors
+    if cors is not None:
+        out["cors"] = cors if isinstance(cors, bool) else _set(
+            {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cors).items()})
+    if rules.error_pages:
+        out["error_pages"] = {int(k) if k.isdigit() else k: v for k, v in rules.error_pages}
+    return out
+
+
+def _header_rules(rules: HeaderRules) -> dict:
+    add: dict = {}
+    for name, value in rules.add:
+        add.setdefault(name, []).append(value)
+    return {"set": dict(rules.set), "add": add, "remove": list(rules.remove)}
 
 
 def _set(values: dict) -> dict:
@@ -65,6 +93,7 @@ def _instance(inst: Instance) -> dict:
     out["static"] = static
     out.update(_access(inst))
     out["routes"] = [{**_route(r), **_access(r, inst)} for r in inst.routes]
+    out.update(_rules(inst.rules))
     return out
 
 
@@ -108,6 +137,11 @@ def _route(route: Route) -> dict:
         out["destination"] = f"wsgi:{route.wsgi}"
     elif route.static:
         out["destination"] = STATIC_PREFIX + route.static
+        static = _set(asdict(route.static_options))
+        static["index"] = list(route.static_options.index)
+        out["static"] = static
+    elif route.redirect is not None:
+        out["redirect"] = asdict(route.redirect)
     else:
         out["destination"] = [_upstream(u) for u in route.upstreams]
     out["methods"] = sorted(route.methods) if route.methods is not None else None
@@ -120,6 +154,8 @@ def _route(route: Route) -> dict:
         out["timeouts"] = {"connect": route.timeouts.connect, "read": route.timeouts.read}
     if route.wsgi and route.pool is not None:
         out["pool"] = route.pool
+    out["rewrite"] = route.rewrite
+    out.update(_rules(route.rules))
     return _set(out)
 
 

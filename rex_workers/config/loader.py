@@ -24,12 +24,16 @@ from .model import (
     BasicAuth,
     Buffering,
     Config,
+    Cors,
     ForwardAuth,
+    HeaderRules,
     HealthCheck,
     Instance,
     Limits,
     Logging,
+    Redirect,
     Route,
+    Rules,
     StaticOptions,
     Timeouts,
     Upstream,
@@ -335,15 +339,51 @@ def _access(raw: dict, inherited: dict | None = None) -> dict:
     return out
 
 
+def _header_rules(raw: dict | None) -> HeaderRules | None:
+    if raw is None:
+        return None
+    return HeaderRules(
+        set=tuple((name, value) for name, value in (raw.get("set") or {}).items()),
+        add=tuple((name, value) for name, values in (raw.get("add") or {}).items()
+                  for value in values),
+        remove=tuple(name.lower() for name in raw.get("remove", ())))
+
+
+def _rules(raw: dict) -> Rules:
+    """The front-door keys one level of the file sets (``Rules``)."""
+    options = _present(raw, ("security_headers", "intercept_errors", "trailing_slash"))
+    headers = raw.get("headers") or {}
+    cors = raw.get("cors")
+    if isinstance(cors, dict):
+        cors = dict(cors)
+        cors["origins"] = tuple(o if o == "*" else o.lower().rstrip("/")
+                                for o in cors["origins"])
+        for key in ("methods", "headers", "expose"):
+            if key in cors:
+                cors[key] = tuple(cors[key])
+        if "max_age" in cors:
+            cors["max_age"] = int(cors["max_age"])
+        cors = Cors(**cors)
+    pages = tuple((str(status).lower(), page) for status, page in
+                  (raw.get("error_pages") or {}).items())
+    return Rules(request_headers=_header_rules(headers.get("request")),
+                 response_headers=_header_rules(headers.get("response")),
+                 cors=cors, error_pages=pages, **options)
+
+
 def _route(raw: dict, index: int, line: int, timeouts: Timeouts,
-           inherited: dict | None = None) -> Route:
+           static: StaticOptions, inherited: dict | None = None) -> Route:
     options = _present(raw, ("strip_prefix", "preserve_host", "priority", "retries", "pool",
-                             "buffer_requests", "buffer_responses"))
-    destination = raw["destination"]
-    if isinstance(destination, str) and destination.strip().startswith("wsgi:"):
+                             "buffer_requests", "buffer_responses", "rewrite"))
+    options["rules"] = _rules(raw)
+    destination = raw.get("destination")
+    if destination is None:
+        options["redirect"] = Redirect(**raw["redirect"])
+    elif isinstance(destination, str) and destination.strip().startswith("wsgi:"):
         options["wsgi"] = destination.strip()[len("wsgi:"):]
     elif isinstance(destination, str) and destination.startswith(STATIC_PREFIX):
         options["static"] = destination[len(STATIC_PREFIX):]  # made absolute by the validator
+        options["static_options"] = replace(static, **_static_options(raw.get("static", {})))
     else:
         entries = destination if isinstance(destination, list) else [destination]
         options["upstreams"] = tuple(_upstream(e, raw.get("tls")) for e in entries)
@@ -364,7 +404,8 @@ def _balance(name: str) -> str:
     return "round_robin" if name == "weighted" else name
 
 
-def _instance(raw: dict, index: int, lines: dict, timeouts: Timeouts) -> Instance:
+def _instance(raw: dict, index: int, lines: dict, timeouts: Timeouts,
+              inherited: Rules) -> Instance:
     where = ("server", "instances", index)
     options = _present(raw, ("host", "public"))
     redirect = raw.get("redirect_https", False)
@@ -374,17 +415,23 @@ def _instance(raw: dict, index: int, lines: dict, timeouts: Timeouts) -> Instanc
     tls = raw.get("tls") or raw.get("sslConfig")
     if tls:
         options["tls"] = TLS(cert=tls["cert"], key=tls["key"])
-    static = dict(raw.get("static", {}))
+    static = StaticOptions(**_static_options(raw.get("static", {})))
+    access = _access(raw)
+    routes = tuple(_route(r, n, _line_of(lines, (*where, "routes", n)), timeouts, static, access)
+                   for n, r in enumerate(raw.get("routes") or []))
+    return Instance(index=index, port=raw["port"], line=_line_of(lines, where), routes=routes,
+                    server_names=tuple(raw.get("server_names", ())),
+                    static=static, rules=_rules(raw), inherited=inherited, **access,
+                    **options)
+
+
+def _static_options(raw: dict) -> dict:
+    static = dict(raw)
     if "index" in static:
         static["index"] = tuple(static["index"])
     if "fallback" in static:
         static["fallback"] = static["fallback"].lstrip("/")
-    access = _access(raw)
-    routes = tuple(_route(r, n, _line_of(lines, (*where, "routes", n)), timeouts, access)
-                   for n, r in enumerate(raw.get("routes") or []))
-    return Instance(index=index, port=raw["port"], line=_line_of(lines, where), routes=routes,
-                    server_names=tuple(raw.get("server_names", ())),
-                    static=StaticOptions(**static), **access, **options)
+    return static
 
 
 def _redirect_bare_http(instances: tuple[Instance, ...], raw: list[dict],
@@ -443,7 +490,9 @@ def _build(doc: dict, lines: dict, path: str, digest: str) -> Config:
     if "admin" in doc:
         options["admin"] = Admin(**doc["admin"])
     raw_instances = doc["server"]["instances"]
-    instances = tuple(_instance(raw, i, lines, timeouts) for i, raw in enumerate(raw_instances))
+    rules = _rules(doc)
+    instances = tuple(_instance(raw, i, lines, timeouts, rules)
+                      for i, raw in enumerate(raw_instances))
     upstream = tuple(_upstream(e) for e in doc.get("upstream") or ())
     return Config(
         path=path, digest=digest, timeouts=timeouts,
@@ -455,5 +504,6 @@ def _build(doc: dict, lines: dict, path: str, digest: str) -> Config:
         trusted_proxies=tuple(str(ipaddress.ip_network(c, strict=False))
                               for c in doc.get("trusted_proxies", ())),
         pythonpath=tuple(doc.get("pythonpath", ())),
+        rules=rules,
         **options,
     )

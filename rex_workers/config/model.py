@@ -120,8 +120,69 @@ class ForwardAuth:
 
 
 @dataclass(frozen=True, slots=True)
+class StaticOptions:
+    index: tuple[str, ...] = DEFAULT_INDEX
+    fallback: str | None = None  # SPA fallback file, relative to the root
+    cache_control: str | None = None
+    precompressed: bool = True
+    listing: bool = False
+    follow_symlinks: bool = False
+    dotfiles: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class HeaderRules:
+    """Edits of one direction's header fields, applied as remove, then set, then add.
+
+    Values are templates (``{client_ip}``, ``{request_id}``… see docs/headers.md).
+    """
+
+    set: tuple[tuple[str, str], ...] = ()  # replaces every field of the name
+    add: tuple[tuple[str, str], ...] = ()  # one more field line
+    remove: tuple[str, ...] = ()  # lower-case names
+
+
+@dataclass(frozen=True, slots=True)
+class Cors:
+    """Cross-origin resource sharing: Rex answers preflights and sets the response fields."""
+
+    origins: tuple[str, ...]  # "scheme://host[:port]" (lower-case) or "*"
+    methods: tuple[str, ...] = ("GET", "HEAD", "PUT", "PATCH", "POST", "DELETE")
+    headers: tuple[str, ...] | None = None  # None: those a preflight asks for
+    expose: tuple[str, ...] = ()
+    credentials: bool = False
+    max_age: int | None = None  # seconds a browser may cache a preflight's answer
+
+
+@dataclass(frozen=True, slots=True)
+class Rules:
+    """The front door's keys at one level (top, instance, route); None: not set there.
+
+    The nearest level that sets a key wins; ``request_headers`` and
+    ``response_headers`` are applied level after level (so the nearest wins
+    field by field), ``error_pages`` merge by status.
+    """
+
+    request_headers: HeaderRules | None = None
+    response_headers: HeaderRules | None = None
+    security_headers: bool | None = None
+    cors: Cors | bool | None = None  # False: none here, whatever an outer level says
+    error_pages: tuple[tuple[str, str], ...] = ()  # ("404" or "5xx", absolute file)
+    intercept_errors: bool | None = None
+    trailing_slash: str | None = None  # routes only: "add" or "remove" (a 308 to the other)
+
+
+@dataclass(frozen=True, slots=True)
+class Redirect:
+    """A route that answers with a redirect instead of a destination."""
+
+    to: str  # a template: placeholders and the pattern's captures ({1}, {2}...)
+    status: int = 302
+
+
+@dataclass(frozen=True, slots=True)
 class Route:
-    """One ``routes[]`` entry. Exactly one of ``upstreams`` / ``wsgi`` / ``static`` is set."""
+    """One ``routes[]`` entry: one of ``upstreams`` / ``wsgi`` / ``static`` / ``redirect``."""
 
     path: str  # the pattern as written, e.g. "/api", "/assets/*.js", "/*"
     index: int  # position in the file: the last tie-breaker
@@ -144,18 +205,11 @@ class Route:
     auth: BasicAuth | ForwardAuth | None = None
     allow: tuple[str, ...] = ()  # CIDRs; () = no allow list (anyone not denied)
     deny: tuple[str, ...] = ()
+    redirect: Redirect | None = None
+    rewrite: str | None = None  # template of the path (and query) sent upstream
+    rules: Rules = field(default_factory=Rules)
+    static_options: StaticOptions | None = None  # static: routes: the instance's, overridden
     line: int = 0  # config line, for messages
-
-
-@dataclass(frozen=True, slots=True)
-class StaticOptions:
-    index: tuple[str, ...] = DEFAULT_INDEX
-    fallback: str | None = None  # SPA fallback file, relative to the root
-    cache_control: str | None = None
-    precompressed: bool = True
-    listing: bool = False
-    follow_symlinks: bool = False
-    dotfiles: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,6 +238,10 @@ class Instance:
     auth: BasicAuth | ForwardAuth | None = None
     allow: tuple[str, ...] = ()
     deny: tuple[str, ...] = ()
+    rules: Rules = field(default_factory=Rules)
+    # The top level's rules, which the instance's own override: copied here by the
+    # loader so that a site needs nothing but its instance (not written by dump).
+    inherited: Rules = field(default_factory=Rules)
     line: int = 0
 
     @property
@@ -235,6 +293,7 @@ class Config:
     trusted_proxies: tuple[str, ...] = ()  # CIDRs whose X-Forwarded-* are kept
     monkey_patch: bool = False
     pythonpath: tuple[str, ...] = ()  # absolute directories
+    rules: Rules = field(default_factory=Rules)  # the top level's front-door keys
 
     @property
     def has_wsgi(self) -> bool:

@@ -68,6 +68,56 @@ UPSTREAM = {
 # One entry of a destination list or of the global `upstream`: "host:port", a URL, a mapping.
 UPSTREAM_ENTRY = {"type": ["string", "dict"], "check_with": "upstream", "schema": UPSTREAM}
 
+# -- the front door (docs/headers.md): keys taken at the top level, on an instance and on
+# a route; the nearest level that sets one wins.
+
+
+def _header_rules(direction: str) -> dict:
+    """``set``/``add``/``remove`` for one direction; names a rule may not touch are refused."""
+    name = {"type": "string", "check_with": f"{direction}_header_name"}
+    value = {"type": "string", "coerce": "text", "check_with": "header_template"}
+    return {
+        "type": "dict",
+        "schema": {
+            "set": {"type": "dict", "keysrules": name, "valuesrules": value},
+            "add": {"type": "dict", "keysrules": name,
+                    "valuesrules": {"type": "list", "coerce": "listify_text", "schema": value}},
+            "remove": _list_of(name),
+        },
+    }
+
+
+HEADER_TOKEN = {"type": "string", "check_with": "header_token"}
+FRONT_DOOR = {
+    "headers": {"type": "dict", "schema": {"request": _header_rules("request"),
+                                          "response": _header_rules("response")}},
+    "security_headers": BOOL,
+    # false turns an outer level's off; a mapping must name the origins
+    "cors": {
+        "type": ["dict", "boolean"],
+        "check_with": "cors",
+        "schema": {
+            "origins": {**_list_of({"type": "string", "check_with": "origin"}),
+                        "required": True, "empty": False},
+            "methods": {**_list_of({"type": "string", "check_with": "token"}),
+                        "coerce": "methods"},
+            "headers": _list_of(HEADER_TOKEN),
+            "expose": _list_of(HEADER_TOKEN),
+            "credentials": BOOL,
+            "max_age": {"type": "duration", "coerce": "duration", "min": 0},
+        },
+    },
+    # 404: errors/404.html, 5xx: errors/5xx.html; relative to the config file
+    "error_pages": {
+        "type": "dict",
+        "keysrules": {"type": ["integer", "string"], "check_with": "error_status"},
+        "valuesrules": {"type": "string", "empty": False, "coerce": "path",
+                        "check_with": "error_page"},
+    },
+    "intercept_errors": BOOL,
+}
+REDIRECT_STATUSES = (301, 302, 303, 307, 308)
+
 TIMEOUTS = {"connect": SECONDS, "read": SECONDS, "header": SECONDS, "idle": SECONDS}
 
 # Access rules (docs/access.md), on an instance and on a route (the route's win).
@@ -100,11 +150,22 @@ AUTH = {
 }
 ACCESS = {"auth": AUTH, "allow": IP_RULE, "deny": IP_RULE}
 
+
+STATIC = {
+    "index": _list_of({"type": "string", "empty": False, "check_with": "file_name"}),
+    "fallback": {"type": "string", "empty": False, "check_with": "relative_file"},
+    "cache_control": {"type": "string", "empty": False, "check_with": "header_value"},
+    "precompressed": BOOL,
+    "listing": BOOL,
+    "follow_symlinks": BOOL,
+    "dotfiles": BOOL,
+}
+
 ROUTE = {
     "path": {"type": "string", "required": True, "check_with": "route_path"},
     "destination": {
         "type": ["string", "list"],
-        "required": True,
+        "excludes": "redirect",
         "empty": False,
         "coerce": "destination",  # static:DIR, relative to the config file like every path
         "check_with": "destination",
@@ -136,6 +197,21 @@ ROUTE = {
     "buffer_requests": {**BOOL, "check_with": "proxy_only"},
     "buffer_responses": {**BOOL, "check_with": "proxy_only"},
     "tls": UPSTREAM_TLS,
+    # instead of a destination: {to: "https://example.com{uri}", status: 301}
+    "redirect": {
+        "type": "dict",
+        "schema": {
+            "to": {"type": "string", "required": True, "empty": False,
+                   "check_with": "redirect_to"},
+            "status": {"type": "integer", "allowed": REDIRECT_STATUSES},
+        },
+    },
+    "rewrite": {"type": "string", "empty": False, "check_with": "rewrite"},
+    # a 308 to the path with (add) or without (remove) its trailing slash
+    "trailing_slash": {"type": "string", "allowed": ("add", "remove")},
+    # a static: route's own options, over the instance's static: (key by key)
+    "static": {"type": "dict", "schema": STATIC, "check_with": "static_only"},
+    **FRONT_DOOR,
     **ACCESS,
 }
 
@@ -144,22 +220,13 @@ TLS = {
     "key": {"type": "string", "required": True, "coerce": "path", "check_with": "file"},
 }
 
-STATIC = {
-    "index": _list_of({"type": "string", "empty": False, "check_with": "file_name"}),
-    "fallback": {"type": "string", "empty": False, "check_with": "relative_file"},
-    "cache_control": {"type": "string", "empty": False, "check_with": "header_value"},
-    "precompressed": BOOL,
-    "listing": BOOL,
-    "follow_symlinks": BOOL,
-    "dotfiles": BOOL,
-}
-
 INSTANCE = {
     "port": {**PORT, "required": True},
     "host": HOST,
     "public": {"type": "string", "empty": False, "coerce": "path", "check_with": "directory"},
     # routes/upstream may be present with every entry commented out, as in the starter file
-    "routes": {"type": "list", "nullable": True, "schema": {"type": "dict", "schema": ROUTE}},
+    "routes": {"type": "list", "nullable": True,
+               "schema": {"type": "dict", "schema": ROUTE, "check_with": "route"}},
     "sslConfig": {"type": "dict", "schema": TLS},  # the original's spelling
     "tls": {"type": "dict", "schema": TLS, "excludes": "sslConfig"},
     "server_names": _list_of({"type": "string", "coerce": "lower", "check_with": "server_name"}),
@@ -167,6 +234,7 @@ INSTANCE = {
     "redirect_https": {"type": "https_redirect", "check_with": "redirect_https"},
     "static": {"type": "dict", "schema": STATIC},
     **ACCESS,
+    **FRONT_DOOR,
 }
 
 SCHEMA = {
@@ -224,6 +292,7 @@ SCHEMA = {
     "monkey_patch": BOOL,
     "pythonpath": _list_of(
         {"type": "string", "empty": False, "coerce": "path", "check_with": "directory"}),
+    **FRONT_DOOR,
 }
 
 # ------------------------------------------------------------------ value parsers

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 import cerberus
 from cerberus import errors
 
+from .frontchecks import FrontDoorChecks
 from .htpasswd import hash_problem, read_htpasswd, user_problem
 from .pemfiles import client_files_problem
 from .routing import pattern_error
@@ -39,11 +40,10 @@ _DOTTED = r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*"
 _NOT_COPIED = frozenset({"host", "content-length", "transfer-encoding", "connection",
                          "keep-alive", "te", "trailer", "upgrade", "expect"})
 _WSGI = re.compile(rf"wsgi:({_DOTTED}):([A-Za-z_]\w*(?:\(\))?)")
-
 # ---------------------------------------------------------------------- validator
 
 
-class RexValidator(cerberus.Validator):
+class RexValidator(FrontDoorChecks, cerberus.Validator):
     """Cerberus plus Rex's value types. Pass ``base_dir=`` (the config file's directory).
 
     ``errors`` is a list of ``(document path, message)`` (see ``Problems``).
@@ -80,6 +80,19 @@ class RexValidator(cerberus.Validator):
         if isinstance(value, list):
             return [m.upper() if isinstance(m, str) else m for m in value]
         return value
+
+    def _normalize_coerce_text(self, value):
+        """A header value written as a number or a YAML boolean is its text."""
+        if isinstance(value, bool):
+            return "true" if value else "false"
+        return str(value) if isinstance(value, (int, float)) else value
+
+    def _normalize_coerce_listify_text(self, value):
+        value = self._normalize_coerce_listify(value)
+        if isinstance(value, (int, float)):
+            value = [value]
+        return [self._normalize_coerce_text(v) for v in value] if isinstance(value, list) \
+            else value
 
     def _normalize_coerce_lower(self, value):
         return value.lower() if isinstance(value, str) else value
@@ -147,6 +160,12 @@ class RexValidator(cerberus.Validator):
         if problem:
             self._error(field, problem)
 
+    def _check_with_route(self, field, value):
+        # A misspelt key gets its own "did you mean" line; this one would only repeat it.
+        if "destination" not in value and "redirect" not in value and not (
+                set(value) - set(allowed_keys((*self.document_path, field)))):
+            self._error(field, "a route needs a destination or a redirect")
+
     def _check_with_probe_path(self, field, value):
         if not value.startswith("/") or any(c.isspace() for c in value):
             self._error(field, 'must be a request path starting with "/"')
@@ -195,6 +214,8 @@ class RexValidator(cerberus.Validator):
                                "its own body in a greenlet)")
         elif isinstance(destination, str) and destination.strip().startswith(STATIC_PREFIX):
             self._error(field, f"{field} is only for proxied destinations, not static:")
+        elif "redirect" in self.document:
+            self._error(field, f"{field} is only for proxied destinations, not a redirect")
 
     def _check_with_redirect_https(self, field, value):
         if value is not True and value is not False and not 1 <= value <= 65535:
@@ -331,7 +352,7 @@ _MESSAGES = {
     errors.BAD_TYPE.code: _type_message,
     errors.MIN_VALUE.code: lambda e: f"must be at least {e.constraint}",
     errors.MAX_VALUE.code: lambda e: f"must be at most {e.constraint}",
-    errors.UNALLOWED_VALUE.code: lambda e: f"must be one of {', '.join(e.constraint)}"
+    errors.UNALLOWED_VALUE.code: lambda e: f"must be one of {', '.join(map(str, e.constraint))}"
                                            f" (not {e.value!r})",
     errors.CUSTOM.code: lambda e: e.info[0],
 }

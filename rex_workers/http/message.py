@@ -91,13 +91,15 @@ class Response:
     the connection closed after this response. ``reason`` is an HTTP/1 reason
     phrase to keep (an upstream's); empty means the standard one. A body of
     None is pushed by the responder after ``Stream.start`` (``write``, ``end``).
+    ``own``: a page Rex made itself (``http.pages``), which a configured error
+    page, or a JSON body for an API client, may replace (``http.errorpages``).
     """
 
-    __slots__ = ("body", "close", "headers", "length", "reason", "status")
+    __slots__ = ("body", "close", "headers", "length", "own", "reason", "status")
 
     def __init__(self, status: int, headers: list[Header], body: Body = b"",
                  length: int | EllipsisType | None = ..., *, reason: bytes = b"",
-                 close: bool = False) -> None:
+                 close: bool = False, own: bool = False) -> None:
         self.status = status
         self.headers = headers
         self.body = body
@@ -111,6 +113,7 @@ class Response:
         self.length = length
         self.reason = reason
         self.close = close
+        self.own = own
 
 
 class Outcome:
@@ -162,6 +165,9 @@ class Stream(Protocol):
     request: Request
     outcome: Outcome
     filters: Sequence[Filter]
+    # The error pages of the site or route answering (``http.errorpages.ErrorPages``),
+    # for Rex's own error responses; None: the built-in pages.
+    error_pages: object
 
     def respond(self, response: Response) -> None: ...
 

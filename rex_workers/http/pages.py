@@ -73,9 +73,10 @@ def response(status: int, body: bytes | None = None, *,
     ``status`` 0 means the welcome page, sent as 200. ``headers`` are extra
     fields (``Location``, ``Allow``…) as text.
     """
-    if body is None:
+    own = body is None  # a page: error pages may replace it
+    if own:
         body = page(status)
     fields = origin_fields()
     fields.append((b"Content-Type", content_type))
     fields += ((k.encode("latin-1"), v.encode("latin-1")) for k, v in headers)
-    return Response(status or 200, fields, body)
+    return Response(status or 200, fields, body, own=own)

@@ -55,6 +55,9 @@ class Request:
     # May carry a precondition (If-*) or a Range: False only where the fast lane saw
     # the whole head and none of them, so static files skip evaluating them.
     conditional: bool = True
+    # X-Request-ID: a trusted proxy's, else made by the connection (serve.conn); sent
+    # upstream, returned to the client and logged.
+    request_id: bytes = b""
 
     @property
     def has_body(self) -> bool:

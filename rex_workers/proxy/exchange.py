@@ -126,16 +126,20 @@ class Proxy:
         """One upstream: send, relay; a stale pooled connection is retried once, fresh."""
         req, target, stream = ex.req, ex.target, ex.stream
         route = target.route
-        path = req.raw_path
-        strip = target.strip_segments
-        if up.base_path or (strip and route and route.strip_prefix):
-            path = rewrite(path, strip, up.base_path)
+        if target.rewrite is not None:  # the route's rewrite: path and query as it says
+            request_target = target.rewrite(req, self.trusted.__contains__)
+        else:
+            path = req.raw_path
+            strip = target.strip_segments
+            if up.base_path or (strip and route and route.strip_prefix):
+                path = rewrite(path, strip, up.base_path)
+            request_target = path + b"?" + req.query if req.query else path
         if type(body) is tuple:  # no body (or an announced empty one): the common case
             parts, length, chunked = (), req.content_length, False
         else:
             parts, length, chunked = _request_body(body, req, stream.trailers)
         head = headers.request_head(
-            req, path + b"?" + req.query if req.query else path, up,
+            req, request_target, up,
             preserve_host=bool(route and route.preserve_host),
             trusted=req.client_addr[0] in self.trusted,
             websocket=req.upgrade, length=length, chunked=chunked,

@@ -31,9 +31,13 @@ HOP_BY_HOP = frozenset({
 FORWARDING = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host",
                         b"x-forwarded-port", b"forwarded"})
 # Names request_head treats specially; every other field is copied as it came.
-_REQUEST_SPECIAL = HOP_BY_HOP | FORWARDING | {b"host", b"via", b"expect", b"max-forwards"}
-# X-Accel-Buffering is an upstream's word to the proxy (nginx's), not for the client.
-_RESPONSE_SPECIAL = HOP_BY_HOP | {b"via", b"location", b"date", b"x-accel-buffering"}
+# X-Request-ID is Rex's: the request's own id (a trusted proxy's, or made by Rex) goes.
+_REQUEST_SPECIAL = HOP_BY_HOP | FORWARDING | {b"host", b"via", b"expect", b"max-forwards",
+                                              b"x-request-id"}
+# X-Accel-Buffering is an upstream's word to the proxy (nginx's), not for the client;
+# the connection returns the request's X-Request-ID itself.
+_RESPONSE_SPECIAL = HOP_BY_HOP | {b"via", b"location", b"date", b"x-accel-buffering",
+                                  b"x-request-id"}
 _VIA = {"1.1": b"1.1 rex", "1.0": b"1.0 rex"}
 # RFC 9110 §9.3.8: the final recipient of a TRACE leaves out what may be secret.
 _TRACE_HIDDEN = frozenset({b"authorization", b"proxy-authorization", b"cookie"})
@@ -167,6 +171,8 @@ def _request_head(req: Request, target: bytes, up: Upstream, preserve_host: bool
     via_rex = _VIA.get(req.version, b"1.1 rex")
     out += (b"X-Forwarded-Port: ", fwd_port or b"%d" % req.server_port, b"\r\n",
             b"Via: ", via + b", " + via_rex if via else via_rex, b"\r\n")
+    if req.request_id:
+        out += (b"X-Request-ID: ", req.request_id, b"\r\n")
     if websocket:
         out.append(b"Connection: upgrade\r\nUpgrade: websocket\r\n")
     if framing:

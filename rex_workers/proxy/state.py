@@ -8,12 +8,13 @@ each attempt. Plain state: no sockets, no gevent.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import quote
 
 from ..config.model import Route, Timeouts, Upstream
 from ..http.message import Stream
-from ..http.request import HTTPError
+from ..http.request import HTTPError, Request
 from ..http.urlpath import PATH_SAFE
 from . import headers
 from .balancer import UpstreamGroup
@@ -28,6 +29,8 @@ class Target:
     route: Route | None
     strip_segments: int
     timeouts: Timeouts
+    # The route's ``rewrite`` (``http.redirects.Rewriter``): (request, trusted) -> target.
+    rewrite: Callable[[Request, Callable[[str], bool]], bytes] | None = None
 
 
 class Exchange:

@@ -95,6 +95,7 @@ class Log:
                 "user_agent": _quote(req.header(b"user-agent")), "upstream": upstream,
                 "request_time": round(duration, 6),
                 "upstream_time": None if urt is None else round(urt, 6),
+                "request_id": req.request_id.decode("latin-1"),
             }, separators=(",", ":"))
         else:
             line = (
@@ -102,7 +103,8 @@ class Log:
                 f'"{req.method} {req.target.decode("latin-1")} HTTP/{req.version}" {status} '
                 f'{sent} "{_quote(req.header(b"referer"))}" '
                 f'"{_quote(req.header(b"user-agent"))}" upstream={upstream} '
-                f'rt={duration:.3f} urt={"-" if urt is None else f"{urt:.3f}"}'
+                f'rt={duration:.3f} urt={"-" if urt is None else f"{urt:.3f}"} '
+                f'rid={req.request_id.decode("latin-1")}'
             )
         self._write(self._access, line)
 

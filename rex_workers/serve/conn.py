@@ -13,6 +13,7 @@ and ``limits.min_rate`` for a body or a response that trickles.
 
 from __future__ import annotations
 
+import re
 import time
 import traceback
 from collections.abc import Iterator
@@ -31,6 +32,19 @@ LINGER_TIME = 2.0
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 # What one read for a request head brought (``_recv_into_reader``).
 _READ, _LATE, _EOF = object(), object(), object()
+
+
+# What a trusted proxy's X-Request-ID may be to be kept: visible ASCII, not too long
+# (it goes into every log line and upstream head).
+_REQUEST_ID = re.compile(rb"[\x21-\x7e]{1,200}")
+
+
+def _forwarded_id(req: Request, ctx) -> bytes | None:
+    """A trusted proxy's X-Request-ID, if it is a usable one."""
+    if req.client_addr[0] not in ctx.trusted:
+        return None
+    value = req.header(b"x-request-id")
+    return value if value and _REQUEST_ID.fullmatch(value) else None
 
 
 def _fails_before_end(events) -> bool:
@@ -104,6 +118,12 @@ class ClientConn(H1Writer):
         self.request = req
         self._mode = ""  # no head committed yet
         outcome = self.outcome = Outcome()
+        ctx = self.ctx
+        # The request id: a per-worker prefix and a counter, formatted without a call;
+        # a trusted proxy's own X-Request-ID is kept (``_forwarded_id``).
+        ctx.serial += 1
+        req.request_id = ((ctx.trust_ids and _forwarded_id(req, ctx))
+                          or b"%s%x" % (ctx.id_prefix, ctx.serial))
         try:
             self._start_body(req)
             if req.upgrade:
@@ -135,6 +155,7 @@ class ClientConn(H1Writer):
             # ``start`` set the rest anew).
             self.request = self.outcome = None
             self.filters = ()
+            self.error_pages = None
 
     def _check_upgrade(self, req: Request) -> None:
         if req.has_body:
@@ -157,7 +178,8 @@ class ClientConn(H1Writer):
             # starting its response): the page cannot follow it; cut instead.
             self.keep_alive = False
             return
-        self.filters = ()  # an error page is Rex's own: nothing of the route applies
+        # The page goes through the filters and error pages of the scope that raised
+        # (header rules and CORS fields apply to error pages too).
         self.respond(pages.response(exc.status))
 
     # -- reading requests -------------------------------------------------------

@@ -19,7 +19,7 @@ from gevent.socket import wait_write
 
 from rex_static.sendfile import more_flag, send_file
 
-from ..http import deadline, filters, h1write
+from ..http import deadline, errorpages, filters, h1write
 from ..http.filters import Chain
 from ..http.h1write import CHUNKED, LENGTH, NO_BODY
 from ..http.message import FileRegion, Filter, Header, Outcome, Response, SocketSpan, Tunnel
@@ -48,7 +48,7 @@ class H1Writer:
     """
 
     __slots__ = ("_chain", "_left", "_mode", "_pending", "_slow", "_slow_sent", "_source", "ctx",
-                 "filters", "keep_alive", "outcome", "request", "sock")
+                 "error_pages", "filters", "keep_alive", "outcome", "request", "sock")
 
     sock: object
     request: Request | None
@@ -62,6 +62,7 @@ class H1Writer:
         self.request: Request | None = None
         self.outcome: Outcome | None = None
         self.filters: Sequence[Filter] = ()
+        self.error_pages = None  # the answering scope's (``errorpages.ErrorPages``)
         self._mode = ""  # "" until a response head was committed
         self._pending = b""  # response bytes not sent yet (the head waits for the body)
         self._left = 0  # body bytes a Content-Length still allows
@@ -73,6 +74,8 @@ class H1Writer:
     def start(self, response: Response) -> None:
         """Commit the head of ``response``; it goes out with the first body bytes."""
         req = self.request
+        # Every response carries its request's id (an in-place add: no call on this path).
+        response.headers += ((b"X-Request-ID", req.request_id),)
         self._chain = filters.start(self.filters, req, response) if self.filters else None
         ctx = self.ctx
         keep_alive = (self.keep_alive and req.keep_alive and self._body_done
@@ -112,6 +115,9 @@ class H1Writer:
 
     def respond(self, response: Response) -> None:
         """Send ``response`` whole: head, then its body by the fastest path this socket has."""
+        if response.own and response.status >= 400:
+            # Rex's own error page: the site's page for it, or JSON for an API client.
+            errorpages.replace_own(self.request, response, self.error_pages)
         body = response.body
         kind = type(body)
         if kind is Tunnel:

@@ -12,6 +12,7 @@ reaches ``_failed_attempt`` through the callback its group was built with.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 
 from ..access.guard import Access
@@ -41,6 +42,10 @@ class Runtime:
                                          limits.header_fields, limits.field_bytes)
         self.timeouts = config.timeouts
         self.trusted = TrustedProxies(config.trusted_proxies)
+        # Request ids: this worker's random prefix, then a counter (``ClientConn._handle``).
+        self.id_prefix = os.urandom(6).hex().encode() + b"-"
+        self.serial = 0
+        self.trust_ids = bool(config.trusted_proxies)  # whether a forwarded id may be kept
         self.pool = ConnectionPool()
         self.log = Log(config.logging, worker_name)
         self.metrics = Recorder(layout or Layout(config))

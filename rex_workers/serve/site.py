@@ -15,10 +15,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from ..config.model import Instance
+from ..config.model import Instance, Rules
 from ..config.routing import NameTable, RouteTable, VirtualHosts
 from ..http import pages
+from ..http.headerrules import edit_request
 from ..http.message import Filter, RequestRule, Response, Stream
+from ..http.redirects import Redirector, Rewriter, slash_redirect
 from ..http.request import HTTPError, Request
 from ..http.urlpath import normalize
 from ..proxy.balancer import UpstreamGroup
@@ -26,6 +28,7 @@ from ..proxy.exchange import Proxy
 from ..proxy.state import Target
 from ..shared.metrics import GLOBAL_POOL
 from ..wsgi.host import WSGIApps
+from . import frontdoor
 
 
 class Site:
@@ -47,11 +50,16 @@ class Site:
             self.static = StaticSite(instance.public, instance.static)
         self.groups: dict[int, UpstreamGroup] = {}
         self.files = {}  # route index -> StaticSite of its static: directory
+        # Whose X-Forwarded-* placeholders believe; a site built without a proxy
+        # (unit tests of the request stage) believes no one.
+        self.trusted = proxy.trusted.__contains__ if proxy is not None else _nobody
+        self._front_door(instance)
         for route in instance.routes:
             if route.static:
                 from rex_static import StaticSite
 
-                self.files[route.index] = StaticSite(route.static, instance.static)
+                self.files[route.index] = StaticSite(route.static,
+                                                     route.static_options or instance.static)
             if route.upstreams:
                 self.groups[route.index] = group(route.upstreams, route.balance,
                                                  site=str(instance.index), route=route)
@@ -64,17 +72,42 @@ class Site:
         access = guard(instance, table) if guard is not None else None
         if access is not None:
             self.rules += (access,)
-        # The filter stage for this site's responses (none yet: header rules and
-        # compression plug in here, per route where they are configured).
-        self.filters: tuple[Filter, ...] = ()
+        # The filter stage for this site's responses (header rules, CORS, security
+        # headers: ``frontdoor``; a route with keys of its own has its own filters).
+        self.filters: tuple[Filter, ...] = self.door.filters if self.door else ()
         # One Target per (route, literal segments matched), built on first use:
         # no allocation per request on the hot path.
         self._targets: dict[tuple[int, int], Target] = {}
         self._global = global_target
 
+    def _front_door(self, instance: Instance) -> None:
+        """The front-door keys (``frontdoor.Door``) of the instance and of each route."""
+        read = frontdoor.PageFiles()
+        levels = (instance.inherited, instance.rules)
+        self.door = frontdoor.build(levels, self.trusted, read)
+        # Per route (by index): None when the route sets nothing of its own, so the
+        # instance's door stands. Request edits of the outer levels ran already.
+        self.doors = [frontdoor.build((*levels, r.rules), self.trusted, read, request_from=2)
+                      if r.rules != Rules() else None for r in instance.routes]
+        self.preflights = any(d is not None and d.cors is not None
+                              for d in (self.door, *self.doors))
+        self.redirects = {r.index: Redirector(r.redirect, r.path)
+                          for r in instance.routes if r.redirect is not None}
+
     def respond(self, stream: Stream) -> None:
         req = stream.request
         stream.filters = self.filters
+        door = self.door
+        if door is not None:
+            stream.error_pages = door.pages
+            if door.request:
+                edit_request(door.request, req, self.trusted)
+        if self.preflights and req.method == "OPTIONS":
+            # A preflight carries no credentials: answered before the rules (auth).
+            answer = self._preflight(req)
+            if answer is not None:
+                stream.respond(answer)
+                return
         for rule in self.rules:
             answer = rule(req)
             if answer is not None:
@@ -88,6 +121,12 @@ class Site:
         if match is not None:
             route = match.route
             stream.outcome.route = route.path
+            door = self.doors[route.index]
+            if door is not None and self._enter_route(stream, door):
+                return
+            if route.redirect is not None:
+                stream.respond(self.redirects[route.index](req, self.trusted))
+                return
             if route.wsgi:
                 self.wsgi.serve(stream, route, match.strip_segments)
                 return
@@ -97,8 +136,9 @@ class Site:
             key = (route.index, match.strip_segments)
             target = self._targets.get(key)
             if target is None:
-                target = self._targets[key] = Target(self.groups[route.index], route,
-                                                     match.strip_segments, route.timeouts)
+                target = self._targets[key] = Target(
+                    self.groups[route.index], route, match.strip_segments, route.timeouts,
+                    Rewriter(route) if route.rewrite else None)
             self.proxy.forward(stream, target)
             return
         if self._global is not None:
@@ -116,6 +156,29 @@ class Site:
         raise exc
 
 
+    def _enter_route(self, stream: Stream, door: frontdoor.Door) -> bool:
+        """A route's own front-door keys; True when they answered the request."""
+        req = stream.request
+        stream.filters = door.filters
+        stream.error_pages = door.pages
+        if door.slash is not None:
+            moved = slash_redirect(req, door.slash)
+            if moved is not None:
+                stream.respond(moved)
+                return True
+        if door.request:
+            edit_request(door.request, req, self.trusted)
+        return False
+
+    def _preflight(self, req: Request) -> Response | None:
+        """Rex's answer to a CORS preflight, from the scope of the route it asks about."""
+        method = req.header(b"access-control-request-method")
+        if method is None or req.header(b"origin") is None:
+            return None
+        match = self.table.match(method.decode("latin-1").strip(), req.path)
+        door = (self.doors[match.route.index] if match else None) or self.door
+        return door.cors.preflight(req) if door is not None and door.cors else None
+
     def _files(self, stream: Stream, index: int, mount_segments: int) -> None:
         """A static: route answers from its directory alone: a file, else a 404 (or 405)."""
         if self.files[index].handle(stream, mount_segments):
@@ -124,6 +187,10 @@ class Site:
             stream.respond(pages.response(404))
         else:  # RFC 9110 §15.5.6: a 405 lists the methods that would work
             stream.respond(pages.response(405, headers=(("Allow", "GET, HEAD"),)))
+
+
+def _nobody(address: str) -> bool:
+    return False
 
 
 class RedirectHttps:

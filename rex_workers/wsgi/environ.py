@@ -117,6 +117,8 @@ def build_environ(
         "wsgi.input_terminated": True,
     }
     environ.update(header_vars(req.headers, trusted))
+    if req.request_id:  # Rex's id for the request, whatever the client sent
+        environ["HTTP_X_REQUEST_ID"] = req.request_id.decode("latin-1")
     # PEP 3333 / CGI: CONTENT_LENGTH is absent when the length is unknown (chunked).
     if req.content_length is not None and not req.chunked:
         environ["CONTENT_LENGTH"] = str(req.content_length)

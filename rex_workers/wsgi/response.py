@@ -84,6 +84,8 @@ def _add(head: Head, lname: bytes, name: bytes, value: bytes) -> None:
         if lname == b"connection" and b"close" in value.lower():
             head.close = True
         return
+    if lname == b"x-request-id":
+        return  # the connection returns the request's id itself (it is in the environ)
     if lname == b"date":
         head.dated = True
     elif lname == b"server":
