@@ -27,6 +27,8 @@ setup(
         "watchfiles>=0.21",  # rex wsgi --reload (README: dependencies and why)
     ],
     extras_require={
+        # Brotli for `compress` (README: dependencies and why); gzip needs nothing.
+        "brotli": ["brotli>=1.1"],
         "test": [
             "pytest>=8",
             "hypothesis>=6.100",
@@ -37,6 +39,7 @@ setup(
             "flask>=3.0",
             "django>=4.2",
             "ruff>=0.5",
+            "brotli>=1.1",  # the tests decode br answers and run compress with br
         ],
     },
     entry_points={"console_scripts": ["rex = rex:main"]},

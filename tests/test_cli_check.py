@@ -138,7 +138,7 @@ def test_rex_config_prints_every_default(rex, tmp_path):
                                      "backup": False, "max_fails": 1, "fail_timeout": 10.0}]
     assert route["timeouts"] == {"connect": 5.0, "read": 60.0} and route["retries"] == 1
     assert files == {"path": "/files", "destination": f"static:{rex.workdir / 'public'}",
-                     "priority": 0}  # no proxy options on a static: route
+                     "priority": 0, "compress": False}  # no proxy options on a static: route
     printed = rex.workdir / "printed.yaml"
     printed.write_text(result.stdout)
     assert normalized(load_config(str(printed))) == normalized(load_config(str(rex.config)))

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, fields
 
-from .model import Config, Instance, Route, Upstream
+from .model import Compression, Config, Instance, Route, Upstream
 from .schema import STATIC_PREFIX
 
 # Route options that mean something only where requests are proxied.
@@ -44,7 +44,17 @@ def dump(config: Config) -> dict:
     doc["trusted_proxies"] = list(config.trusted_proxies)
     doc["monkey_patch"] = config.monkey_patch
     doc["pythonpath"] = list(config.pythonpath)
+    doc["compress"] = _compress(config.compress)
     return doc
+
+
+def _compress(settings: Compression | None) -> bool | dict:
+    """A scope's resolved ``compress``: false, or every setting."""
+    if settings is None:
+        return False
+    return {"algorithms": list(settings.algorithms), "min_length": settings.min_length,
+            "level": {"gzip": settings.gzip_level, "br": settings.br_level},
+            "types": list(settings.types)}
 
 
 def _set(values: dict) -> dict:
@@ -63,6 +73,7 @@ def _instance(inst: Instance) -> dict:
     static = _set(asdict(inst.static))
     static["index"] = list(inst.static.index)
     out["static"] = static
+    out["compress"] = _compress(inst.compress)
     out["routes"] = [_route(r) for r in inst.routes]
     return out
 
@@ -85,6 +96,7 @@ def _route(route: Route) -> dict:
         out["destination"] = [_upstream(u) for u in route.upstreams]
     out["methods"] = sorted(route.methods) if route.methods is not None else None
     out["priority"] = route.priority
+    out["compress"] = _compress(route.compress)
     if route.upstreams:
         for name in _PROXY_ONLY:
             out[name] = getattr(route, name)

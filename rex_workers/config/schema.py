@@ -9,6 +9,7 @@ read the YAML file, assemble the ``Config`` (``loader.py`` does), or import geve
 
 from __future__ import annotations
 
+import importlib.util
 import ipaddress
 import re
 from urllib.parse import urlsplit
@@ -20,6 +21,7 @@ DEFAULT_PORTS = {"http": 80, "https": 443}
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 STREAMS = ("stdout", "stderr")
 STATIC_PREFIX = "static:"  # a route destination serving a directory: static:./assets
+CODINGS = ("br", "gzip")  # what `compress.algorithms` may name
 
 # --------------------------------------------------------------------------- schema
 
@@ -70,6 +72,24 @@ UPSTREAM_ENTRY = {"type": ["string", "dict"], "check_with": "upstream", "schema"
 
 TIMEOUTS = {"connect": SECONDS, "read": SECONDS, "header": SECONDS, "idle": SECONDS}
 
+# On-the-fly compression (docs/compression.md): true, false, or the settings (which turn
+# it on). At the top level, on an instance and on a route; the nearest wins, key by key.
+COMPRESS = {
+    "type": ["boolean", "dict"],
+    "schema": {
+        "algorithms": {"type": "list", "coerce": "listify", "empty": False,
+                       "check_with": "codings",
+                       "schema": {"type": "string", "coerce": "lower", "allowed": CODINGS}},
+        "min_length": {"type": "size", "coerce": "size", "min": 0},
+        # one level for every algorithm (1-9), or a level per algorithm
+        "level": {"type": ["integer", "dict"], "min": 1, "max": 9,
+                  "schema": {"gzip": {"type": "integer", "min": 1, "max": 9},
+                             "br": {"type": "integer", "min": 0, "max": 11}}},
+        "types": {**_list_of({"type": "string", "coerce": "lower", "check_with": "media_range"}),
+                  "empty": False},
+    },
+}
+
 ROUTE = {
     "path": {"type": "string", "required": True, "check_with": "route_path"},
     "destination": {
@@ -106,6 +126,7 @@ ROUTE = {
     "buffer_requests": {**BOOL, "check_with": "proxy_only"},
     "buffer_responses": {**BOOL, "check_with": "proxy_only"},
     "tls": UPSTREAM_TLS,
+    "compress": COMPRESS,
 }
 
 TLS = {
@@ -135,6 +156,7 @@ INSTANCE = {
     # true: to the TLS instance's port for the request's host; a number: to that port
     "redirect_https": {"type": "https_redirect", "check_with": "redirect_https"},
     "static": {"type": "dict", "schema": STATIC},
+    "compress": COMPRESS,
 }
 
 SCHEMA = {
@@ -192,6 +214,7 @@ SCHEMA = {
     "monkey_patch": BOOL,
     "pythonpath": _list_of(
         {"type": "string", "empty": False, "coerce": "path", "check_with": "directory"}),
+    "compress": COMPRESS,
 }
 
 # ------------------------------------------------------------------ value parsers
@@ -230,6 +253,11 @@ def valid_host(host: str) -> bool:
         return True
     except ValueError:
         return len(host) <= 253 and _HOSTNAME.fullmatch(host) is not None
+
+
+def brotli_installed() -> bool:
+    """Whether the optional ``brotli`` package is there (looked up, not imported)."""
+    return importlib.util.find_spec("brotli") is not None
 
 
 def parse_destination(text: str) -> Upstream:

@@ -25,12 +25,14 @@ from .schema import (
     SCHEMA,
     STATIC_PREFIX,
     STREAMS,
+    brotli_installed,
     parse_destination,
     parse_duration,
     parse_size,
     valid_host,
 )
 
+_MEDIA_RANGE = re.compile(r"[a-z0-9!#$&^_.+*-]+/[a-z0-9!#$&^_.+*-]+")  # tokens, * as a wildcard
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110 §5.6.2 tchar
 _DOTTED = r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*"
 _WSGI = re.compile(rf"wsgi:({_DOTTED}):([A-Za-z_]\w*(?:\(\))?)")
@@ -204,6 +206,15 @@ class RexValidator(cerberus.Validator):
         problem = client_files_problem(value)
         if problem:
             self._error(field, problem)
+
+    def _check_with_codings(self, field, value):
+        if "br" in value and not brotli_installed():
+            self._error(field, "br needs the brotli package: pip install 'rex-proxy[brotli]' "
+                               "(or leave br out)")
+
+    def _check_with_media_range(self, field, value):
+        if not _MEDIA_RANGE.fullmatch(value):
+            self._error(field, f"must be a media type like text/html or text/*, not {value!r}")
 
     def _check_with_directory(self, field, value):
         name = f"{field} " if isinstance(field, str) else ""  # list items have no name

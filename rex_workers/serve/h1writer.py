@@ -119,9 +119,9 @@ class H1Writer:
             return
         self.start(response)
         if self._chain is not None:
-            for data in filters.as_bytes(body):
-                self.write(data)
-        elif kind is bytes or kind is memoryview:
+            self._filtered(body)
+            return
+        if kind is bytes or kind is memoryview:
             self._put(body, False)  # goes out with the head, in one send
         elif kind is FileRegion:
             self._send_region(body)
@@ -154,6 +154,21 @@ class H1Writer:
                     break
         finally:
             self._source = None
+
+    def _filtered(self, body) -> None:
+        """A body the filter stage transforms: read as bytes in bounded pieces (file
+        regions and raw spans too), each piece's output sent as it comes, unless the
+        body is one piece or its source says it is ``done``: then with the end."""
+        chain = self._chain
+        kind = type(body)
+        whole = kind is bytes or kind is memoryview
+        self._source = body  # a source that reads ahead hears when the client stalls
+        try:
+            for data in filters.as_bytes(body):
+                self._put(chain.feed(data), not whole and not getattr(body, "done", False))
+        finally:
+            self._source = None
+        self.end(getattr(body, "trailers", ()))
 
     def interim(self, status: int, headers: list[Header], reason: bytes = b"") -> None:
         """A 1xx before the response (e.g. 103 Early Hints); never to HTTP/1.0 clients."""

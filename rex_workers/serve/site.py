@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 from ..config.model import Instance
 from ..config.routing import NameTable, RouteTable, VirtualHosts
-from ..http import pages
+from ..http import compress, pages
 from ..http.message import Filter, RequestRule, Response, Stream
 from ..http.request import HTTPError, Request
 from ..http.urlpath import normalize
@@ -57,9 +57,12 @@ class Site:
         # The request stage: each rule may answer the request before dispatch.
         self.rules: tuple[RequestRule, ...] = (
             (RedirectHttps(instance.https_ports),) if instance.redirect_https else ())
-        # The filter stage for this site's responses (none yet: header rules and
-        # compression plug in here, per route where they are configured).
-        self.filters: tuple[Filter, ...] = ()
+        # The filter stage for this site's responses (header rules plug in here too),
+        # and for the routes whose own config gives them other filters.
+        self.filters: tuple[Filter, ...] = compress.filters(instance.compress)
+        self.route_filters: dict[int, tuple[Filter, ...]] = {
+            r.index: compress.filters(r.compress) for r in instance.routes
+            if r.compress != instance.compress}
         # One Target per (route, literal segments matched), built on first use:
         # no allocation per request on the hot path.
         self._targets: dict[tuple[int, int], Target] = {}
@@ -81,6 +84,8 @@ class Site:
         if match is not None:
             route = match.route
             stream.outcome.route = route.path
+            if self.route_filters and route.index in self.route_filters:
+                stream.filters = self.route_filters[route.index]
             if route.wsgi:
                 self.wsgi.serve(stream, route, match.strip_segments)
                 return
