@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import random
 import socket
 import subprocess
 import threading
@@ -28,6 +29,8 @@ APPS = ROOT / "tests" / "apps"
 JSON = json.dumps([{"id": i, "name": f"item {i}", "tags": ["a", "b"]} for i in range(1400)],
                   separators=(",", ":")).encode()[:64 * 1024]
 SMALL = b'{"ok": true}'
+# Hex digits: text that compresses only about 2x, so output held back would show.
+BIG_BLOCK = random.Random(19).randbytes(1 << 19).hex().encode()
 SSE_GATE = threading.Event()  # the origin sends its second event once this is set
 
 # path -> (status, extra fields, body) the origin answers with (Content-Length added)
@@ -62,8 +65,8 @@ class Origin(BaseHTTPRequestHandler):
     def do_GET(self, head: bool = False) -> None:
         if self.path == "/up/sse":
             return self._events()
-        if self.path.startswith("/up/chunked"):
-            return self._chunked(int(self.path.rpartition("=")[2]))
+        if self.path.startswith("/up/big"):
+            return self._big(int(self.path.rpartition("=")[2]), "chunked" in self.path)
         status, fields, body = ANSWERS[self.path]
         self.send_response(status)
         for name, value in fields:
@@ -91,12 +94,22 @@ class Origin(BaseHTTPRequestHandler):
         self._chunk(b"data: two\n\n")
         self.wfile.write(b"0\r\n\r\n")
 
-    def _chunked(self, mib: int) -> None:
-        self._begin_chunked("text/plain")
-        block = b"".join(b"%08d some text to squeeze\n" % i for i in range(36 * 1024))[:1 << 20]
+    def _big(self, mib: int, chunked: bool) -> None:
+        block = BIG_BLOCK
+        if chunked:
+            self._begin_chunked("text/plain")
+        else:  # a length: Rex hands the body over as a raw span, which the filter reads
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain")
+            self.send_header("Content-Length", str(mib << 20))
+            self.end_headers()
         for _ in range(mib):
-            self._chunk(block)
-        self.wfile.write(b"0\r\n\r\n")
+            if chunked:
+                self._chunk(block)
+            else:
+                self.wfile.write(block)
+        if chunked:
+            self.wfile.write(b"0\r\n\r\n")
 
 
 @pytest.fixture(scope="module")
@@ -278,11 +291,13 @@ def test_server_sent_events_arrive_at_once(site):
         assert text + inflate.flush() == b"data: one\n\ndata: two\n\n"
 
 
-def test_a_large_streamed_body_keeps_memory_bounded(site):
+@pytest.mark.parametrize("framing", ["chunked", "length"])
+def test_a_large_streamed_body_keeps_memory_bounded(site, framing):
     (worker,) = site.workers()
     before = _peak_kb(worker)
     with socket.create_connection(("127.0.0.1", site.port), timeout=30) as s:
-        s.sendall(b"GET /up/chunked?mib=48 HTTP/1.1\r\nHost: a\r\nAccept-Encoding: gzip\r\n\r\n")
+        s.sendall(b"GET /up/big-%b?mib=48 HTTP/1.1\r\nHost: a\r\nAccept-Encoding: gzip\r\n\r\n"
+                  % framing.encode())
         reply = read_reply(s.makefile("rb"))
     inflate = zlib.decompressobj(16 + zlib.MAX_WBITS)
     assert len(inflate.decompress(reply.body)) + len(inflate.flush()) == 48 << 20

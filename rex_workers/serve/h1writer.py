@@ -156,18 +156,30 @@ class H1Writer:
             self._source = None
 
     def _filtered(self, body) -> None:
-        """A body the filter stage transforms: read as bytes in bounded pieces (file
-        regions and raw spans too), each piece's output sent as it comes, unless the
-        body is one piece or its source says it is ``done``: then with the end."""
+        """A body the filter stage transforms, as bytes in bounded pieces.
+
+        Each piece's output is sent as it comes (an event reaches the client at
+        once), except a whole ``bytes`` body, or a streamed part its source says is
+        the last (``done``): those go out with the end of the body, in one send.
+        File regions and raw spans are read in blocks, each block sent on, so
+        memory stays bounded whatever their size.
+        """
         chain = self._chain
         kind = type(body)
-        whole = kind is bytes or kind is memoryview
-        self._source = body  # a source that reads ahead hears when the client stalls
-        try:
-            for data in filters.as_bytes(body):
-                self._put(chain.feed(data), not whole and not getattr(body, "done", False))
-        finally:
-            self._source = None
+        if kind is bytes or kind is memoryview:
+            self._put(chain.feed(bytes(body)), False)
+        else:
+            self._source = body  # a source that reads ahead hears when the client stalls
+            try:
+                for part in (body,) if kind is FileRegion else body:
+                    kind = type(part)
+                    if kind is bytes or kind is memoryview:
+                        self._put(chain.feed(bytes(part)), not getattr(body, "done", False))
+                        continue
+                    for data in filters.as_bytes((part,)):
+                        self._put(chain.feed(data), True)
+            finally:
+                self._source = None
         self.end(getattr(body, "trailers", ()))
 
     def interim(self, status: int, headers: list[Header], reason: bytes = b"") -> None:
