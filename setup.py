@@ -28,6 +28,8 @@ setup(
         "bcrypt>=4.1",  # auth: basic (README: dependencies and why)
     ],
     extras_require={
+        # Brotli for `compress` (README: dependencies and why); gzip needs nothing.
+        "brotli": ["brotli>=1.1"],
         "test": [
             "pytest>=8",
             "hypothesis>=6.100",
@@ -38,6 +40,7 @@ setup(
             "flask>=3.0",
             "django>=4.2",
             "ruff>=0.5",
+            "brotli>=1.1",  # the tests decode br answers and run compress with br
         ],
     },
     entry_points={"console_scripts": ["rex = rex:main"]},

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 
 # Upstream keep-alive connections nginx keeps per worker; Rex's pool is
 # unbounded per upstream, and 64 matches the busiest scenario's clients.
@@ -62,20 +63,27 @@ http {{
 
 
 def nginx_backend(prefix: str, name: str, port: int, root: str) -> str:
-    """The origin both proxies forward to: a plain static server with sendfile."""
+    """The origin both proxies forward to: a plain static server with sendfile.
+
+    JSON files go out as ``application/json`` (the compression scenario's type),
+    everything else as ``default_type``.
+    """
     return _nginx_main(prefix, name, f"""\
+    types {{
+        application/json json;
+    }}
     server {{
         listen 127.0.0.1:{port};
         root {root};
     }}""")
 
 
-def nginx_proxy(prefix: str, name: str, port: int, backend_port: int) -> str:
+def nginx_proxy(prefix: str, name: str, port: int, backend_port: int, extra: str = "") -> str:
     """The reference proxy: nginx with keep-alive to the backend.
 
     ``proxy_http_version 1.1`` and an empty ``Connection`` header are what
     upstream keep-alive needs in nginx; buffering stays at nginx's defaults,
-    as most deployments leave it.
+    as most deployments leave it. ``extra``: more directives for the server.
     """
     return _nginx_main(prefix, name, f"""\
     upstream backend {{
@@ -84,13 +92,28 @@ def nginx_proxy(prefix: str, name: str, port: int, backend_port: int) -> str:
         keepalive_requests {KEEPALIVE_REQUESTS};
     }}
     server {{
-        listen 127.0.0.1:{port};
+        listen 127.0.0.1:{port};{extra}
         location / {{
             proxy_pass http://backend;
             proxy_http_version 1.1;
             proxy_set_header Connection "";
         }}
     }}""")
+
+
+def nginx_gzip_proxy(prefix: str, name: str, port: int, backend_port: int, level: int,
+                     types: Sequence[str]) -> str:
+    """The proxy with ``gzip on``: the compression scenario's reference.
+
+    ``gzip_vary`` as Rex always sends Vary; ``gzip_proxied any`` so a request that
+    came through another proxy (a Via field) is compressed too, as by Rex.
+    """
+    return nginx_proxy(prefix, name, port, backend_port, f"""
+        gzip on;
+        gzip_comp_level {level};
+        gzip_types {' '.join(types)};
+        gzip_vary on;
+        gzip_proxied any;""")
 
 
 def nginx_static(prefix: str, name: str, port: int, root: str) -> str:
@@ -115,6 +138,13 @@ def _rex(instance: dict) -> str:
 def rex_proxy(port: int, backend_port: int) -> str:
     return _rex({"port": port,
                  "routes": [{"path": "/", "destination": f"http://127.0.0.1:{backend_port}"}]})
+
+
+def rex_gzip_proxy(port: int, backend_port: int, level: int, types: Sequence[str]) -> str:
+    """The proxy with compression on, gzip only, at nginx's level and types."""
+    config = json.loads(rex_proxy(port, backend_port))
+    config["compress"] = {"algorithms": ["gzip"], "level": level, "types": list(types)}
+    return json.dumps(config, indent=2) + "\n"
 
 
 def rex_static(port: int, root: str) -> str:

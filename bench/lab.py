@@ -10,21 +10,24 @@ it for its pid files and state.
 
 from __future__ import annotations
 
+import gzip
 import hashlib
+import json
 import os
+import random
 import signal
 import sys
 from dataclasses import dataclass, field
 
 from . import configs
-from .procs import Server, StartError, free_ports, http_get
-from .scenarios import FILES, Scenario
+from .procs import Server, StartError, fetch, free_ports
+from .scenarios import FILES, GZIP_LEVEL, GZIP_TYPES, Scenario
 from .wrk import DONE_SCRIPT
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-SITES = ("proxy", "static")
+SITES = ("proxy", "static", "gzip")
 
 
 @dataclass
@@ -63,7 +66,7 @@ class Lab:
         os.chmod(self.dir, 0o755)
         os.makedirs(self.www)
         for name, size in FILES.items():
-            data = _payload(size)
+            data = _json_payload(size) if name.endswith(".json") else _payload(size)
             self.digests[name] = hashlib.sha256(data).hexdigest()
             with open(os.path.join(self.www, name), "wb") as f:
                 f.write(data)
@@ -116,11 +119,16 @@ class Lab:
     def _nginx_config(self, label: str, site: str, port: int) -> str:
         if site == "proxy":
             return configs.nginx_proxy(self.dir, label, port, self.backend_port)
+        if site == "gzip":
+            return configs.nginx_gzip_proxy(self.dir, label, port, self.backend_port,
+                                            GZIP_LEVEL, GZIP_TYPES)
         return configs.nginx_static(self.dir, label, port, self.www)
 
     def _rex_config(self, site: str, port: int) -> str:
         if site == "proxy":
             return configs.rex_proxy(port, self.backend_port)
+        if site == "gzip":
+            return configs.rex_gzip_proxy(port, self.backend_port, GZIP_LEVEL, GZIP_TYPES)
         return configs.rex_static(port, self.www)
 
     def _start_rex(self, label: str, text: str, port: int) -> Server:
@@ -154,12 +162,18 @@ class Lab:
                 continue  # its server did not start: reported once, in ``failed``
             name = scenario.path.lstrip("/")
             try:
-                status, body = http_get(system.ports[scenario.site], scenario.path, timeout=30)
-            except OSError as exc:
+                status, coding, body = fetch(system.ports[scenario.site], scenario.path,
+                                             timeout=30, fields=scenario.headers)
+                if coding == "gzip":
+                    body = gzip.decompress(body)
+            except (OSError, EOFError) as exc:  # EOFError: a gzip stream cut short
                 system.broken[scenario.key] = f"GET {scenario.path} failed: {exc}"
                 continue
+            wants_gzip = "Accept-Encoding: gzip" in scenario.headers
             if status != 200:
                 system.broken[scenario.key] = f"GET {scenario.path} answered {status}"
+            elif wants_gzip and coding != "gzip":
+                system.broken[scenario.key] = f"GET {scenario.path} was not gzipped"
             elif hashlib.sha256(body).hexdigest() != self.digests[name]:
                 system.broken[scenario.key] = (f"GET {scenario.path} returned {len(body)} bytes, "
                                                f"not the {scenario.size} of the file")
@@ -173,6 +187,27 @@ class Lab:
 def _payload(size: int) -> bytes:
     line = b"rex bench payload 0123456789 abcdefghijklmnopqrstuvwxyz\n"
     return (line * (size // len(line) + 1))[:size]
+
+
+def _json_payload(size: int) -> bytes:
+    """An array of API-like records, exactly ``size`` bytes of valid JSON.
+
+    Varied ids, names and numbers (a seeded generator: the same bytes every run)
+    so it compresses like real JSON (about 6x at level 5), not like one repeated line.
+    """
+    rng = random.Random(19)
+    out = "["
+    while True:
+        n = rng.randrange(10**6)
+        record = json.dumps({"id": n, "name": f"user {n:06d}", "email": f"u{n}@example.com",
+                             "score": round(rng.random() * 1000, 2),
+                             "active": rng.random() < 0.5,
+                             "tags": rng.sample(["a", "b", "c", "dev", "ops", "qa"], 2)},
+                            separators=(",", ":"))
+        if len(out) + len(record) + 2 > size:
+            break
+        out += ("," if len(out) > 1 else "") + record
+    return (out + " " * (size - len(out) - 1) + "]").encode()
 
 
 def _write(path: str, text: str) -> None:

@@ -86,11 +86,20 @@ def cmdline(pid: int) -> str:
 
 def http_get(port: int, path: str, timeout: float = 5.0) -> tuple[int, bytes]:
     """One GET on a fresh connection: (status, body)."""
+    status, _, body = fetch(port, path, timeout)
+    return status, body
+
+
+def fetch(port: int, path: str, timeout: float = 5.0,
+          fields: Sequence[str] = ()) -> tuple[int, str | None, bytes]:
+    """One GET with extra request ``fields``: (status, Content-Encoding, body as sent)."""
+    headers = {"Host": "bench"}
+    headers.update(f.split(": ", 1) for f in fields)
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
-        conn.request("GET", path, headers={"Host": "bench"})
+        conn.request("GET", path, headers=headers)
         response = conn.getresponse()
-        return response.status, response.read()
+        return response.status, response.getheader("Content-Encoding"), response.read()
     finally:
         conn.close()
 

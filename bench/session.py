@@ -138,7 +138,8 @@ class Session:
             return None
         worker = _worker(server)
         argv = command(self.wrk, system.url(scenario), connections=scenario.connections,
-                       threads=self.threads, duration=seconds, script=self.lab.script)
+                       threads=self.threads, duration=seconds, script=self.lab.script,
+                       headers=scenario.headers)
         proc = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60)
         code = server.proc.poll()
         if code is not None:

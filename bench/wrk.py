@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 MARKER = "BENCH-JSON "
@@ -75,11 +75,12 @@ class WrkResult:
 
 
 def command(wrk: str, url: str, *, connections: int, threads: int, duration: float,
-            script: str) -> list[str]:
-    """The argv for one run; ``script`` is a file holding ``DONE_SCRIPT``."""
+            script: str, headers: Sequence[str] = ()) -> list[str]:
+    """The argv for one run; ``script`` is a file holding ``DONE_SCRIPT``; ``headers``
+    are request fields (``"Accept-Encoding: gzip"``)."""
     return [wrk, f"--threads={threads}", f"--connections={connections}",
             f"--duration={max(1, round(duration))}s", "--timeout=10s", "--latency",
-            f"--script={script}", url]
+            *(f"--header={field}" for field in headers), f"--script={script}", url]
 
 
 def parse(output: str) -> WrkResult:

@@ -206,6 +206,24 @@ def test_rex_configs_are_what_rex_accepts(tmp_path):
     assert static.instances[0].public == str(tmp_path) and static.instances[0].port == 18002
 
 
+def test_the_compression_scenario_compares_like_with_like(tmp_path):
+    from bench.scenarios import GZIP_LEVEL, GZIP_TYPES
+    from bench.wrk import command
+    from rex_workers.config.loader import load_config
+
+    path = tmp_path / "gzip.yaml"
+    path.write_text(configs.rex_gzip_proxy(18001, 18003, GZIP_LEVEL, GZIP_TYPES))
+    compress = load_config(str(path)).instances[0].compress
+    assert compress.algorithms == ("gzip",) and compress.gzip_level == GZIP_LEVEL
+    assert compress.types == GZIP_TYPES
+    nginx = configs.nginx_gzip_proxy("/tmp/x", "gzip", 18002, 18003, GZIP_LEVEL, GZIP_TYPES)
+    assert f"gzip_comp_level {GZIP_LEVEL};" in nginx and "gzip_types application/json;" in nginx
+    (scenario,) = [s for s in SCENARIOS if s.site == "gzip"]
+    argv = command("wrk", "http://x/", connections=1, threads=1, duration=1, script="d.lua",
+                   headers=scenario.headers)
+    assert "--header=Accept-Encoding: gzip" in argv
+
+
 @pytest.mark.skipif(not (shutil.which("nginx") or Path("/usr/sbin/nginx").exists()),
                     reason="nginx not installed")
 def test_nginx_configs_pass_nginx_t(tmp_path):
@@ -214,6 +232,8 @@ def test_nginx_configs_pass_nginx_t(tmp_path):
     www.mkdir()
     texts = {"backend": configs.nginx_backend(str(tmp_path), "backend", 18001, str(www)),
              "proxy": configs.nginx_proxy(str(tmp_path), "proxy", 18002, 18001),
+             "gzip": configs.nginx_gzip_proxy(str(tmp_path), "gzip", 18004, 18001, 5,
+                                              ("application/json",)),
              "static": configs.nginx_static(str(tmp_path), "static", 18003, str(www))}
     for name, text in texts.items():
         (tmp_path / f"{name}.conf").write_text(text)

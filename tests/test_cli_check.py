@@ -139,8 +139,9 @@ def test_rex_config_prints_every_default(rex, tmp_path):
                                      "backup": False, "max_fails": 1, "fail_timeout": 10.0}]
     assert route["timeouts"] == {"connect": 5.0, "read": 60.0} and route["retries"] == 1
     assert files == {"path": "/files", "destination": f"static:{rex.workdir / 'public'}",
-                     "priority": 0, "static": site["static"]}  # no proxy options here;
-    # its static options are the instance's unless it has its own
+                     "priority": 0, "static": site["static"], "compress": False}
+    # no proxy options on a static: route; its static options are the instance's unless
+    # it has its own
     printed = rex.workdir / "printed.yaml"
     printed.write_text(result.stdout)
     assert normalized(load_config(str(printed))) == normalized(load_config(str(rex.config)))

@@ -16,7 +16,17 @@ from __future__ import annotations
 
 from dataclasses import asdict, fields
 
-from .model import BasicAuth, Config, ForwardAuth, HeaderRules, Instance, Route, Rules, Upstream
+from .model import (
+    BasicAuth,
+    Compression,
+    Config,
+    ForwardAuth,
+    HeaderRules,
+    Instance,
+    Route,
+    Rules,
+    Upstream,
+)
 from .schema import STATIC_PREFIX
 
 # Route options that mean something only where requests are proxied.
@@ -45,6 +55,7 @@ def dump(config: Config) -> dict:
     doc["monkey_patch"] = config.monkey_patch
     doc["pythonpath"] = list(config.pythonpath)
     doc.update(_rules(config.rules))
+    doc["compress"] = _compress(config.compress)
     return doc
 
 
@@ -75,6 +86,15 @@ def _header_rules(rules: HeaderRules) -> dict:
     return {"set": dict(rules.set), "add": add, "remove": list(rules.remove)}
 
 
+def _compress(settings: Compression | None) -> bool | dict:
+    """A scope's resolved ``compress``: false, or every setting."""
+    if settings is None:
+        return False
+    return {"algorithms": list(settings.algorithms), "min_length": settings.min_length,
+            "level": {"gzip": settings.gzip_level, "br": settings.br_level},
+            "types": list(settings.types)}
+
+
 def _set(values: dict) -> dict:
     """Without the keys whose value is None: "not set" has no spelling in the file."""
     return {k: v for k, v in values.items() if v is not None}
@@ -92,6 +112,7 @@ def _instance(inst: Instance) -> dict:
     static["index"] = list(inst.static.index)
     out["static"] = static
     out.update(_access(inst))
+    out["compress"] = _compress(inst.compress)
     out["routes"] = [{**_route(r), **_access(r, inst)} for r in inst.routes]
     out.update(_rules(inst.rules))
     return out
@@ -146,6 +167,7 @@ def _route(route: Route) -> dict:
         out["destination"] = [_upstream(u) for u in route.upstreams]
     out["methods"] = sorted(route.methods) if route.methods is not None else None
     out["priority"] = route.priority
+    out["compress"] = _compress(route.compress)
     if route.upstreams:
         for name in _PROXY_ONLY:
             out[name] = getattr(route, name)

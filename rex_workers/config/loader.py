@@ -23,6 +23,7 @@ from .model import (
     Admin,
     BasicAuth,
     Buffering,
+    Compression,
     Config,
     Cors,
     ForwardAuth,
@@ -39,7 +40,7 @@ from .model import (
     Upstream,
     UpstreamTLS,
 )
-from .schema import SCHEMA, STATIC_PREFIX, parse_destination
+from .schema import SCHEMA, STATIC_PREFIX, brotli_installed, parse_destination
 from .validator import RexValidator
 
 __all__ = ["ConfigError", "config_digest", "default_config", "load_config", "parse_destination"]
@@ -472,6 +473,52 @@ def _https_ports(instances: tuple[Instance, ...]) -> tuple[Instance, ...]:
     return tuple(out)
 
 
+def _compress_scope(raw: bool | dict | None, outer: tuple[bool, dict]) -> tuple[bool, dict]:
+    """One scope's ``compress`` over its enclosing scope's: (on, settings so far).
+
+    Absent: as the enclosing scope. true/false: switches it, keeping the
+    settings. A mapping turns it on and overrides the settings key by key
+    (a level per algorithm, too).
+    """
+    if raw is None:
+        return outer
+    if isinstance(raw, bool):
+        return raw, outer[1]
+    settings = {**outer[1], **_present(raw, ("min_length",))}
+    if "algorithms" in raw:
+        settings["algorithms"] = tuple(dict.fromkeys(raw["algorithms"]))
+    if "types" in raw:
+        settings["types"] = tuple(raw["types"])
+    level = raw.get("level")
+    if isinstance(level, int):
+        settings["gzip_level"] = settings["br_level"] = level
+    elif level:
+        settings.update({f"{name}_level": value for name, value in level.items()})
+    return True, settings
+
+
+def _compression(scope: tuple[bool, dict]) -> Compression | None:
+    on, settings = scope
+    if not on:
+        return None
+    if "algorithms" not in settings and not brotli_installed():
+        settings = {**settings, "algorithms": ("gzip",)}  # br needs its package (README)
+    return Compression(**settings)
+
+
+def _with_compression(doc: dict, instances: tuple[Instance, ...]) -> tuple[Instance, ...]:
+    """Each instance and route with its resolved ``compress`` (the nearest scope wins)."""
+    top = _compress_scope(doc.get("compress"), (False, {}))
+    out = []
+    for inst, raw in zip(instances, doc["server"]["instances"], strict=True):
+        scope = _compress_scope(raw.get("compress"), top)
+        routes = tuple(replace(route, compress=_compression(_compress_scope(r.get("compress"),
+                                                                            scope)))
+                       for route, r in zip(inst.routes, raw.get("routes") or (), strict=True))
+        out.append(replace(inst, compress=_compression(scope), routes=routes))
+    return tuple(out)
+
+
 def _logging(raw: dict) -> Logging:
     options = dict(raw)
     if options.get("access", "stdout") in ("off", False, None):
@@ -493,6 +540,7 @@ def _build(doc: dict, lines: dict, path: str, digest: str) -> Config:
     rules = _rules(doc)
     instances = tuple(_instance(raw, i, lines, timeouts, rules)
                       for i, raw in enumerate(raw_instances))
+    instances = _with_compression(doc, instances)
     upstream = tuple(_upstream(e) for e in doc.get("upstream") or ())
     return Config(
         path=path, digest=digest, timeouts=timeouts,
@@ -505,5 +553,6 @@ def _build(doc: dict, lines: dict, path: str, digest: str) -> Config:
                               for c in doc.get("trusted_proxies", ())),
         pythonpath=tuple(doc.get("pythonpath", ())),
         rules=rules,
+        compress=_compression(_compress_scope(doc.get("compress"), (False, {}))),
         **options,
     )

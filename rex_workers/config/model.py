@@ -50,6 +50,35 @@ class Buffering:
     max_temp_file: int = 1024**3  # a response spilled this far waits for its client (nginx)
 
 
+# Media types compressed on the fly when ``compress.types`` is not given
+# (docs/compression.md): text, and the formats that are text underneath.
+# Already-compressed formats (images, video, zip, woff2) gain nothing.
+COMPRESSIBLE_TYPES = (
+    "text/*",
+    "application/json", "application/*+json", "application/x-ndjson",
+    "application/javascript", "application/x-javascript", "application/ecmascript",
+    "application/xml", "application/*+xml", "image/svg+xml",
+    "application/wasm",
+    "application/yaml", "application/x-yaml", "application/toml",
+    "application/graphql", "application/x-www-form-urlencoded",
+    "font/ttf", "font/otf", "application/vnd.ms-fontobject",
+    "image/x-icon", "image/vnd.microsoft.icon", "image/bmp",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Compression:
+    """On-the-fly compression where ``compress`` is on (None on a scope: off)."""
+
+    # In the server's order of preference when a client rates them equally; br is
+    # dropped from the default when the brotli package is not installed.
+    algorithms: tuple[str, ...] = ("br", "gzip")
+    min_length: int = 512  # bytes; a body of unknown length is compressed (Caddy's figure)
+    gzip_level: int = 5  # 1-9: zlib's default is 6, nginx's 1, Caddy's 5
+    br_level: int = 4  # 0-11: 11 is for files compressed once, not per response
+    types: tuple[str, ...] = COMPRESSIBLE_TYPES
+
+
 @dataclass(frozen=True, slots=True)
 class UpstreamTLS:
     """How Rex speaks TLS to an ``https://`` upstream (``tls:`` on a route or a destination)."""
@@ -209,6 +238,7 @@ class Route:
     rewrite: str | None = None  # template of the path (and query) sent upstream
     rules: Rules = field(default_factory=Rules)
     static_options: StaticOptions | None = None  # static: routes: the instance's, overridden
+    compress: Compression | None = None  # resolved: the route's, else its instance's
     line: int = 0  # config line, for messages
 
 
@@ -242,6 +272,7 @@ class Instance:
     # The top level's rules, which the instance's own override: copied here by the
     # loader so that a site needs nothing but its instance (not written by dump).
     inherited: Rules = field(default_factory=Rules)
+    compress: Compression | None = None  # resolved: the instance's, else the top level's
     line: int = 0
 
     @property
@@ -294,6 +325,7 @@ class Config:
     monkey_patch: bool = False
     pythonpath: tuple[str, ...] = ()  # absolute directories
     rules: Rules = field(default_factory=Rules)  # the top level's front-door keys
+    compress: Compression | None = None  # the top level's (instances hold their own)
 
     @property
     def has_wsgi(self) -> bool:

@@ -9,6 +9,7 @@ read the YAML file, assemble the ``Config`` (``loader.py`` does), or import geve
 
 from __future__ import annotations
 
+import importlib.util
 import ipaddress
 import re
 from urllib.parse import urlsplit
@@ -20,6 +21,7 @@ DEFAULT_PORTS = {"http": 80, "https": 443}
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 STREAMS = ("stdout", "stderr")
 STATIC_PREFIX = "static:"  # a route destination serving a directory: static:./assets
+CODINGS = ("br", "gzip")  # what `compress.algorithms` may name
 
 # --------------------------------------------------------------------------- schema
 
@@ -161,6 +163,25 @@ STATIC = {
     "dotfiles": BOOL,
 }
 
+
+# On-the-fly compression (docs/compression.md): true, false, or the settings (which turn
+# it on). At the top level, on an instance and on a route; the nearest wins, key by key.
+COMPRESS = {
+    "type": ["boolean", "dict"],
+    "schema": {
+        "algorithms": {"type": "list", "coerce": "listify", "empty": False,
+                       "check_with": "codings",
+                       "schema": {"type": "string", "coerce": "lower", "allowed": CODINGS}},
+        "min_length": {"type": "size", "coerce": "size", "min": 0},
+        # one level for every algorithm (1-9), or a level per algorithm
+        "level": {"type": ["integer", "dict"], "min": 1, "max": 9,
+                  "schema": {"gzip": {"type": "integer", "min": 1, "max": 9},
+                             "br": {"type": "integer", "min": 0, "max": 11}}},
+        "types": {**_list_of({"type": "string", "coerce": "lower", "check_with": "media_range"}),
+                  "empty": False},
+    },
+}
+
 ROUTE = {
     "path": {"type": "string", "required": True, "check_with": "route_path"},
     "destination": {
@@ -213,6 +234,7 @@ ROUTE = {
     "static": {"type": "dict", "schema": STATIC, "check_with": "static_only"},
     **FRONT_DOOR,
     **ACCESS,
+    "compress": COMPRESS,
 }
 
 TLS = {
@@ -235,6 +257,7 @@ INSTANCE = {
     "static": {"type": "dict", "schema": STATIC},
     **ACCESS,
     **FRONT_DOOR,
+    "compress": COMPRESS,
 }
 
 SCHEMA = {
@@ -293,6 +316,7 @@ SCHEMA = {
     "pythonpath": _list_of(
         {"type": "string", "empty": False, "coerce": "path", "check_with": "directory"}),
     **FRONT_DOOR,
+    "compress": COMPRESS,
 }
 
 # ------------------------------------------------------------------ value parsers
@@ -331,6 +355,11 @@ def valid_host(host: str) -> bool:
         return True
     except ValueError:
         return len(host) <= 253 and _HOSTNAME.fullmatch(host) is not None
+
+
+def brotli_installed() -> bool:
+    """Whether the optional ``brotli`` package is there (looked up, not imported)."""
+    return importlib.util.find_spec("brotli") is not None
 
 
 def parse_destination(text: str) -> Upstream:

@@ -27,6 +27,7 @@ from .schema import (
     SCHEMA,
     STATIC_PREFIX,
     STREAMS,
+    brotli_installed,
     parse_auth_url,
     parse_destination,
     parse_duration,
@@ -34,6 +35,7 @@ from .schema import (
     valid_host,
 )
 
+_MEDIA_RANGE = re.compile(r"[a-z0-9!#$&^_.+*-]+/[a-z0-9!#$&^_.+*-]+")  # tokens, * as a wildcard
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110 §5.6.2 tchar
 _DOTTED = r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*"
 # Fields that frame or route the request: an auth service's answer may not set them.
@@ -277,6 +279,15 @@ class RexValidator(FrontDoorChecks, cerberus.Validator):
             self._error(field, f"not a header name: {value!r}")
         elif value.lower() in _NOT_COPIED:
             self._error(field, f"{value} frames or routes the request: it cannot be copied")
+
+    def _check_with_codings(self, field, value):
+        if "br" in value and not brotli_installed():
+            self._error(field, "br needs the brotli package: pip install 'rex-proxy[brotli]' "
+                               "(or leave br out)")
+
+    def _check_with_media_range(self, field, value):
+        if not _MEDIA_RANGE.fullmatch(value):
+            self._error(field, f"must be a media type like text/html or text/*, not {value!r}")
 
     def _check_with_directory(self, field, value):
         name = f"{field} " if isinstance(field, str) else ""  # list items have no name

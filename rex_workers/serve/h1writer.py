@@ -125,9 +125,9 @@ class H1Writer:
             return
         self.start(response)
         if self._chain is not None:
-            for data in filters.as_bytes(body):
-                self.write(data)
-        elif kind is bytes or kind is memoryview:
+            self._filtered(body)
+            return
+        if kind is bytes or kind is memoryview:
             self._put(body, False)  # goes out with the head, in one send
         elif kind is FileRegion:
             self._send_region(body)
@@ -160,6 +160,33 @@ class H1Writer:
                     break
         finally:
             self._source = None
+
+    def _filtered(self, body) -> None:
+        """A body the filter stage transforms, as bytes in bounded pieces.
+
+        Each piece's output is sent as it comes (an event reaches the client at
+        once), except a whole ``bytes`` body, or a streamed part its source says is
+        the last (``done``): those go out with the end of the body, in one send.
+        File regions and raw spans are read in blocks, each block sent on, so
+        memory stays bounded whatever their size.
+        """
+        chain = self._chain
+        kind = type(body)
+        if kind is bytes or kind is memoryview:
+            self._put(chain.feed(bytes(body)), False)
+        else:
+            self._source = body  # a source that reads ahead hears when the client stalls
+            try:
+                for part in (body,) if kind is FileRegion else body:
+                    kind = type(part)
+                    if kind is bytes or kind is memoryview:
+                        self._put(chain.feed(bytes(part)), not getattr(body, "done", False))
+                        continue
+                    for data in filters.as_bytes((part,)):
+                        self._put(chain.feed(data), True)
+            finally:
+                self._source = None
+        self.end(getattr(body, "trailers", ()))
 
     def interim(self, status: int, headers: list[Header], reason: bytes = b"") -> None:
         """A 1xx before the response (e.g. 103 Early Hints); never to HTTP/1.0 clients."""

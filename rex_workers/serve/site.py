@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 from ..config.model import Instance, Rules
 from ..config.routing import NameTable, RouteTable, VirtualHosts
-from ..http import pages
+from ..http import compress, pages
 from ..http.headerrules import edit_request
 from ..http.message import Filter, RequestRule, Response, Stream
 from ..http.redirects import Redirector, Rewriter, slash_redirect
@@ -72,9 +72,15 @@ class Site:
         access = guard(instance, table) if guard is not None else None
         if access is not None:
             self.rules += (access,)
-        # The filter stage for this site's responses (header rules, CORS, security
-        # headers: ``frontdoor``; a route with keys of its own has its own filters).
-        self.filters: tuple[Filter, ...] = self.door.filters if self.door else ()
+        # The filter stage for this site's responses: the front door's (error pages,
+        # security headers, CORS, header rules: ``frontdoor``), then compression, which
+        # sees the head and body they leave. A route whose keys differ has its own.
+        door_filters = self.door.filters if self.door else ()
+        self.filters: tuple[Filter, ...] = door_filters + compress.filters(instance.compress)
+        self.route_filters: dict[int, tuple[Filter, ...]] = {
+            r.index: (door.filters if door else door_filters) + compress.filters(r.compress)
+            for r, door in zip(instance.routes, self.doors, strict=True)
+            if door is not None or r.compress != instance.compress}
         # One Target per (route, literal segments matched), built on first use:
         # no allocation per request on the hot path.
         self._targets: dict[tuple[int, int], Target] = {}
@@ -127,6 +133,8 @@ class Site:
             if route.redirect is not None:
                 stream.respond(self.redirects[route.index](req, self.trusted))
                 return
+            if self.route_filters and route.index in self.route_filters:
+                stream.filters = self.route_filters[route.index]
             if route.wsgi:
                 self.wsgi.serve(stream, route, match.strip_segments)
                 return
