@@ -128,7 +128,7 @@ class ClientConn(H1Writer):
             self._start_body(req)
             if req.upgrade:
                 self._check_upgrade(req)
-            if not req.keep_alive:
+            if not req.keep_alive or self.ctx.drain_began:
                 self.keep_alive = False
             self.listener.respond(self)
         except HTTPError as exc:

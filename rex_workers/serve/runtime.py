@@ -67,7 +67,8 @@ class Runtime:
                                 route=None)
             self.global_target = Target(group, None, 0, config.timeouts)
         self.listeners = {addr: Listener(addr, vh, self._site) for addr, vh in vhosts.items()}
-        self.draining = False
+        self.draining = False  # stopping now: every connection ends after its response
+        self.drain_began = False  # a request that starts now is its connection's last
         self.requests = 0
         self.open_connections = 0
         self.connections: set = set()

@@ -195,6 +195,10 @@ class Worker:
             return
         self.draining = True
         rt = self.rt
+        # A request that starts from now on is its connection's last (its response says
+        # Connection: close); the ones in flight keep theirs, and idle connections are
+        # closed by ``_drain``.
+        rt.drain_began = True
         self.slot.beat(rt.requests, rt.open_connections, DRAINING)
         if self.health is not None:
             self.health.stop()  # the new generation's worker 1 probes from now on
