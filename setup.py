@@ -27,6 +27,8 @@ setup(
         "watchfiles>=0.21",  # rex wsgi --reload (README: dependencies and why)
     ],
     extras_require={
+        # rate_limits.store: redis:// (README: dependencies and why)
+        "redis": ["redis>=5"],
         "test": [
             "pytest>=8",
             "hypothesis>=6.100",
@@ -37,6 +39,7 @@ setup(
             "flask>=3.0",
             "django>=4.2",
             "ruff>=0.5",
+            "redis>=5",  # the shared-budget tests run against a real redis-server
         ],
     },
     entry_points={"console_scripts": ["rex = rex:main"]},

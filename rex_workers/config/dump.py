@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, fields
 
-from .model import Config, Instance, Route, Upstream
+from .model import Config, Instance, RateLimit, Route, Upstream
 from .schema import STATIC_PREFIX
 
 # Route options that mean something only where requests are proxied.
@@ -44,7 +44,20 @@ def dump(config: Config) -> dict:
     doc["trusted_proxies"] = list(config.trusted_proxies)
     doc["monkey_patch"] = config.monkey_patch
     doc["pythonpath"] = list(config.pythonpath)
+    doc["rate_limits"] = asdict(config.rate_limits)
+    doc.update(_set({"user": config.user, "group": config.group}))
     return doc
+
+
+_PERIODS = {1.0: "s", 60.0: "m", 3600.0: "h"}
+
+
+def _limits(holder: Instance | Route) -> dict:
+    """``rate_limit`` and ``max_in_flight`` where set (none is the default)."""
+    limit: RateLimit | None = holder.rate_limit
+    rate = limit and {"rate": f"{limit.count}/{_PERIODS[limit.period]}", "burst": limit.burst,
+                      "key": limit.key}
+    return _set({"rate_limit": rate, "max_in_flight": holder.max_in_flight})
 
 
 def _set(values: dict) -> dict:
@@ -63,6 +76,7 @@ def _instance(inst: Instance) -> dict:
     static = _set(asdict(inst.static))
     static["index"] = list(inst.static.index)
     out["static"] = static
+    out.update(_limits(inst))
     out["routes"] = [_route(r) for r in inst.routes]
     return out
 
@@ -93,6 +107,7 @@ def _route(route: Route) -> dict:
         out["timeouts"] = {"connect": route.timeouts.connect, "read": route.timeouts.read}
     if route.wsgi and route.pool is not None:
         out["pool"] = route.pool
+    out.update(_limits(route))
     return _set(out)
 
 

@@ -103,6 +103,33 @@ class HealthCheck:
 
 
 @dataclass(frozen=True, slots=True)
+class RateLimit:
+    """``rate_limit``: ``count`` requests per ``period`` seconds, ``burst`` of them at once.
+
+    ``key`` is what one budget belongs to: ``client_ip``, ``route`` (everyone shares
+    it) or ``header:NAME`` (one budget per value of that request header).
+    """
+
+    count: int  # "10/s" -> 10
+    period: float  # "10/s" -> 1.0 seconds
+    burst: int  # requests that may arrive at once; the count by default
+    key: str = "client_ip"
+
+    @property
+    def interval(self) -> float:
+        """Seconds between requests at the steady rate (GCRA's emission interval)."""
+        return self.period / self.count
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimits:
+    """Top-level ``rate_limits``: where the budgets live, and what to do when that fails."""
+
+    store: str = "local"  # "local" (this node's shared memory) or a redis:// URL
+    on_store_error: str = "local"  # Redis unreachable: "local", "allow" or "deny"
+
+
+@dataclass(frozen=True, slots=True)
 class Route:
     """One ``routes[]`` entry. Exactly one of ``upstreams`` / ``wsgi`` / ``static`` is set."""
 
@@ -122,6 +149,8 @@ class Route:
     pool: int | None = None  # WSGI: max concurrent app calls per worker
     buffer_requests: bool = True  # read a request body whole before choosing an upstream
     buffer_responses: bool = True  # read a response ahead of a slow client
+    rate_limit: RateLimit | None = None  # None: the instance's, if it has one
+    max_in_flight: int | None = None  # None: the instance's, if it has one
     line: int = 0  # config line, for messages
 
 
@@ -157,7 +186,14 @@ class Instance:
     https_ports: tuple[tuple[tuple[str, ...], int], ...] = ()
     routes: tuple[Route, ...] = ()
     static: StaticOptions = field(default_factory=StaticOptions)
+    rate_limit: RateLimit | None = None  # for requests no route with its own limit takes
+    max_in_flight: int | None = None
     line: int = 0
+
+    @property
+    def limited(self) -> bool:
+        """Whether any request of this instance passes a rate or concurrency limit."""
+        return any(x.rate_limit or x.max_in_flight for x in (self, *self.routes))
 
     @property
     def address(self) -> tuple[str, int]:
@@ -203,6 +239,9 @@ class Config:
     trusted_proxies: tuple[str, ...] = ()  # CIDRs whose X-Forwarded-* are kept
     monkey_patch: bool = False
     pythonpath: tuple[str, ...] = ()  # absolute directories
+    rate_limits: RateLimits = field(default_factory=RateLimits)
+    user: str | None = None  # workers switch to this account; "root" says root on purpose
+    group: str | None = None  # None: the user's own group
 
     @property
     def has_wsgi(self) -> bool:
