@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler
 
@@ -21,7 +22,7 @@ from conftest import free_port, port_open, site_config, wait_for
 
 from rex_workers.config.dump import dump
 from rex_workers.config.loader import ConfigError, load_config
-from rex_workers.shared.ratetable import InFlightTable, RateTable, fingerprint, gcra
+from rex_workers.shared.ratetable import STUCK, InFlightTable, RateTable, fingerprint, gcra
 
 HOURLY = "rate_limit: {rate: 10/h, burst: 10, key: route}"
 
@@ -62,13 +63,38 @@ def test_gcra_allows_the_burst_then_one_request_per_interval():
 
 def test_rate_table_keeps_keys_apart_and_replaces_the_budget_nearest_full():
     table = RateTable(sets=1)  # one set of four: the fifth key must take a place
+
+    def left(key: int) -> int:
+        """Requests ``key`` may still make at time 0 (spending them)."""
+        n = 0
+        while table.take(key, 0.0, 1.0, 10) is None:
+            n += 1
+        return n
+
     keys = [fingerprint(f"k{n}") for n in range(5)]
     for n, key in enumerate(keys[:4]):
         for _ in range(n + 1):  # key n spends n + 1 of its 10
-            assert table.take(key, 0.0, 1.0, 10).allowed
-    assert table.take(keys[0], 0.0, 1.0, 10).remaining == 8  # its own budget, not another's
-    assert table.take(keys[4], 0.0, 1.0, 10).remaining == 9  # a fresh budget
-    assert table.take(keys[3], 0.0, 1.0, 10).remaining == 5  # the busiest one was kept
+            assert table.take(key, 0.0, 1.0, 10) is None
+    refused = table.take(keys[3], 0.0, 1.0, 4)  # a smaller burst: already spent
+    assert refused.retry_after == pytest.approx(1.0) and not refused.allowed
+    assert table.take(keys[4], 0.0, 1.0, 10) is None  # takes key 0's place, the least spent
+    assert left(keys[3]) == 6  # the busiest one was kept: 4 spent
+    assert left(keys[0]) == 10  # key 0 lost its place: a fresh budget
+    table.close()
+
+
+def test_a_lock_left_by_a_killed_worker_is_freed():
+    table = RateTable(sets=1, stripes=1)
+    pid = os.fork()
+    if pid == 0:  # a worker killed inside a check, holding the lock
+        table._locks[0].acquire()
+        os.kill(os.getpid(), signal.SIGKILL)
+    os.waitpid(pid, 0)
+    started = time.monotonic()
+    assert table.take(fingerprint("k"), 0.0, 1.0, 10) is None  # after STUCK, not forever
+    assert time.monotonic() - started < STUCK + 1
+    assert table.take(fingerprint("k"), 0.0, 1.0, 10) is None  # the lock works again at once
+    assert time.monotonic() - started < STUCK + 1
     table.close()
 
 

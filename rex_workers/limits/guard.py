@@ -32,7 +32,7 @@ from ..http import pages
 from ..http.message import Response, Stream
 from ..http.request import Request
 from ..shared.ratetable import InFlightTable, Verdict
-from .store import DENY
+from .store import DENY, LocalStore, RedisStore
 
 Dispatch = Callable[[Stream], None]
 
@@ -53,8 +53,9 @@ class Rate:
 class Guard:
     """A site's limits around its dispatch (see the module's text)."""
 
-    def __init__(self, instance: Instance, table: RouteTable, store, inflight: InFlightTable,
-                 slot: int, client_ip: Callable[[Request], str], dispatch: Dispatch) -> None:
+    def __init__(self, instance: Instance, table: RouteTable, store: LocalStore | RedisStore,
+                 inflight: InFlightTable, slot: int, client_ip: Callable[[Request], str],
+                 dispatch: Dispatch) -> None:
         site = str(instance.index)
         self.match = table.match
         self.store = store
@@ -68,23 +69,25 @@ class Guard:
                       for r in instance.routes if r.rate_limit}
         self.flights = {r.index: self._flight(instance.index, r.index, r.max_in_flight)
                         for r in instance.routes if r.max_in_flight}
+        self.by_route = bool(self.rates or self.flights)
 
     def _flight(self, site: int, route: int, limit: int | None) -> tuple[int, int] | None:
         return (self.inflight.rows[(site, route)], limit) if limit else None
 
     def respond(self, stream: Stream) -> None:
         req = stream.request
-        match = self.match(req.method, req.path)
         index = -1
-        if match is not None:
-            index = match.route.index
-            stream.outcome.route = match.route.path  # a refusal counts under its route
+        if self.by_route:  # only routes with limits of their own need the route found
+            match = self.match(req.method, req.path)
+            if match is not None:
+                index = match.route.index
+                stream.outcome.route = match.route.path  # a refusal counts under its route
         rate = self.rates.get(index, self.rate)
         if rate is not None:
-            verdict = self.store.take(rate.name + self.key(rate, req), rate.limit)
-            if not verdict.allowed:
+            refused = self.store.take(rate.name + self.key(rate, req), rate.limit)
+            if refused is not None:
                 stream.outcome.note = f"rate limit {rate.limit.count}/{rate.limit.period:g}s"
-                stream.respond(unavailable() if verdict is DENY else too_many(rate, verdict))
+                stream.respond(unavailable() if refused is DENY else too_many(rate, refused))
                 return
         flight = self.flights.get(index, self.flight)
         if flight is None:

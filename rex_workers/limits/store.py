@@ -22,12 +22,12 @@ from collections.abc import Callable
 from ..config.model import RateLimit, RateLimits
 from ..shared.ratetable import RateTable, Verdict, fingerprint
 
+KEY_CACHE = 10_000  # fingerprints a worker keeps rather than hashing every request
 RETRY = 1.0  # seconds between attempts to reach a Redis that failed
 TIMEOUT = 0.25  # seconds Redis may take to connect or answer before it counts as down
 PREFIX = "rex:rl:"  # Redis key prefix, so a shared Redis shows whose keys these are
 NO_PACKAGE = ("the redis package is not installed (pip install 'rex-proxy[redis]'); "
               "rate_limits.store {url} is not used")
-ALLOW = Verdict(True, 0, 0.0, 0.0)
 DENY = Verdict(False, 0, RETRY, RETRY)
 
 # KEYS[1]: the budget; ARGV: interval and burst. Times in whole microseconds, which a
@@ -51,13 +51,20 @@ return {1, math.floor((now - allow_at) / interval), 0, new - now}
 
 
 class LocalStore:
-    """Budgets in this node's shared memory."""
+    """Budgets in this node's shared memory. ``take``: None when the request may pass."""
 
-    def __init__(self, table: RateTable) -> None:
+    def __init__(self, table: RateTable, pause: Callable[[], None] | None = None) -> None:
         self.table = table
+        self.pause = pause
+        self._keys: dict[str, int] = {}  # budget name -> fingerprint, for the busy ones
 
-    def take(self, budget: str, limit: RateLimit) -> Verdict:
-        return self.table.take(fingerprint(budget), time.monotonic(), limit.interval, limit.burst)
+    def take(self, budget: str, limit: RateLimit) -> Verdict | None:
+        key = self._keys.get(budget)
+        if key is None:
+            if len(self._keys) >= KEY_CACHE:
+                self._keys.clear()  # a crude bound: hashing again is all it costs
+            key = self._keys[budget] = fingerprint(budget)
+        return self.table.take(key, time.monotonic(), limit.interval, limit.burst, self.pause)
 
 
 class RedisStore:
@@ -81,7 +88,7 @@ class RedisStore:
                                       socket_connect_timeout=TIMEOUT)
         self.script = client.register_script(SCRIPT)
 
-    def take(self, budget: str, limit: RateLimit) -> Verdict:
+    def take(self, budget: str, limit: RateLimit) -> Verdict | None:
         if self.script is None or time.monotonic() < self.down_until:
             return self.fallback(budget, limit)
         key = PREFIX + f"{fingerprint(budget):016x}"  # a header's value is not stored as is
@@ -98,15 +105,16 @@ class RedisStore:
         if self.failing:
             self.failing = False
             self.log(f"rate_limits.store {self.url} answers again")
-        return Verdict(bool(allowed), int(remaining), retry_us / 1e6, reset_us / 1e6)
+        return None if allowed else Verdict(False, int(remaining), retry_us / 1e6,
+                                             reset_us / 1e6)
 
-    def fallback(self, budget: str, limit: RateLimit) -> Verdict:
+    def fallback(self, budget: str, limit: RateLimit) -> Verdict | None:
         if self.policy == "local":
             return self.local.take(budget, limit)
-        return ALLOW if self.policy == "allow" else DENY
+        return None if self.policy == "allow" else DENY
 
 
-def make_store(settings: RateLimits, table: RateTable,
-               log: Callable[[str], None]) -> LocalStore | RedisStore:
-    local = LocalStore(table)
+def make_store(settings: RateLimits, table: RateTable, log: Callable[[str], None],
+               pause: Callable[[], None] | None = None) -> LocalStore | RedisStore:
+    local = LocalStore(table, pause)
     return local if settings.store == "local" else RedisStore(settings, local, log)

@@ -13,6 +13,9 @@ reaches ``_failed_attempt`` through the callback its group was built with.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
+
+import gevent
 
 from ..config.model import Config, Instance, Route, Upstream
 from ..config.routing import RouteTable, VirtualHosts
@@ -91,7 +94,9 @@ class Runtime:
         tables, slot = (shared.limits, shared.slot) if shared and shared.limits else (None, 0)
         if tables is None:
             tables = LimitTables(RateTable(), InFlightTable(self.config, 1))
-        store = make_store(self.config.rate_limits, tables.rates, self.log.error)
+        # A yield while another worker holds a budget's lock: this one serves meanwhile.
+        store = make_store(self.config.rate_limits, tables.rates, self.log.error,
+                           partial(gevent.sleep, 0))
         return store, tables.inflight, slot, client_ip(self.trusted.__contains__)
 
     def _group(self, upstreams: Sequence[Upstream], balance: str, *, site: str,

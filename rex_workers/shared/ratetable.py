@@ -8,12 +8,14 @@ Redis's redis-cell) keeps one number per budget, its "theoretical arrival
 time" (TAT): a request is allowed when ``TAT + interval - burst * interval``
 is not in the future, and then moves TAT one ``interval`` on. Budgets are
 hashed (a 64-bit fingerprint of the limit and the client key) into a fixed
-table of 4-way sets; a set's entries are read and written under a kernel
-record lock (``fcntl.lockf``) on the set's byte of an unlinked file. Why not
-a ``multiprocessing.Lock``: a worker the master kills while it holds a
-semaphore (a hung worker gets SIGKILL) would leave every other worker
-blocked for good; the kernel drops a dead process's record locks. The
-critical section is a few microseconds, so a worker may block its hub on it.
+table of 4-way sets; a set's entries are read and written under one of 64
+process-shared semaphores (``multiprocessing.Lock``, created before the fork;
+sets share them by index). Taking a free one is an atomic operation in user
+space, with no system call: a kernel record lock (``fcntl.lockf``) was tried
+first and cost a quarter of a small static request in two system calls
+(bench/limits.py). A semaphore is not released when its holder dies, so a
+lock held longer than ``STUCK`` (the section takes microseconds, and nothing
+in it blocks) is presumed orphaned by a worker killed inside it, and freed.
 
 The table belongs to the master, not to a generation: a reload keeps every
 budget whose limit is unchanged (the fingerprint includes the limit's
@@ -32,11 +34,12 @@ requests or keys (callers bring fingerprints), talk to Redis.
 
 from __future__ import annotations
 
-import fcntl
+import contextlib
 import math
 import mmap
+import multiprocessing
 import struct
-import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from hashlib import blake2b
 
@@ -47,6 +50,10 @@ WAYS = 4
 _ENTRY = struct.Struct("<Qd")  # fingerprint (0: free), theoretical arrival time (monotonic)
 _SET = WAYS * _ENTRY.size
 _EPSILON = 1e-9  # float rounding must not cost a client one request of its burst
+_WHOLE_SET = struct.Struct("<" + "Qd" * WAYS)
+STRIPES = 64  # locks; sets share them (set index modulo), so few semaphores cover the table
+SPINS = 50  # tries (with a pause between) before waiting for a lock in the kernel
+STUCK = 0.5  # seconds a lock may stay taken before its holder is presumed dead
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,42 +84,72 @@ def fingerprint(text: str) -> int:
 class RateTable:
     """GCRA state of every budget of one node (see the module's text)."""
 
-    def __init__(self, sets: int = SETS) -> None:
+    def __init__(self, sets: int = SETS, stripes: int = STRIPES) -> None:
         self.sets = sets
         self._map = mmap.mmap(-1, sets * _SET)  # anonymous + MAP_SHARED: survives fork
-        self._locks = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the master
+        context = multiprocessing.get_context("fork")  # the semaphores are shared by fork
+        self._locks = [context.Lock() for _ in range(stripes)]
+        self.stripes = stripes
 
-    def take(self, key: int, now: float, interval: float, burst: int) -> Verdict:
-        """Count one request against budget ``key`` (a ``fingerprint``) at ``now``."""
+    def take(self, key: int, now: float, interval: float, burst: int,
+             pause: Callable[[], None] | None = None) -> Verdict | None:
+        """Count one request against budget ``key`` (a ``fingerprint``) at ``now``.
+
+        None when it may pass (the common case costs no allocation), else the refusal.
+        ``pause`` lets a worker serve its other connections while another worker holds
+        the lock (a gevent yield) rather than sleep until then: with one busy budget
+        (``key: route``, or one client) the workers meet on the same lock all the time.
+        """
         index = key % self.sets
-        base = index * _SET
-        fd = self._locks.fileno()
-        fcntl.lockf(fd, fcntl.LOCK_EX, 1, index)
+        lock = self._locks[index % self.stripes]
+        held = lock.acquire(False) or self._wait(lock, pause)
         try:
-            offset, tat = self._find(base, key, now)
-            new, verdict = gcra(tat, now, interval, burst)
-            if new is not None:
+            base = index * _SET
+            entries = _WHOLE_SET.unpack_from(self._map, base)
+            if entries[0] == key:  # most budgets stay in the first place of their set
+                offset, tat = base, entries[1]
+            else:
+                offset, tat = _choose(entries, base, key, now)
+            new = max(tat, now) + interval  # gcra() below, without its verdict
+            if new - burst * interval <= now + _EPSILON:
                 _ENTRY.pack_into(self._map, offset, key, new)
-            return verdict
+                return None
+            return gcra(tat, now, interval, burst)[1]
         finally:
-            fcntl.lockf(fd, fcntl.LOCK_UN, 1, index)
+            if held:
+                lock.release()
 
-    def _find(self, base: int, key: int, now: float) -> tuple[int, float]:
-        """The entry of ``key`` in its set, else the one to replace (free, spent, nearest full)."""
-        victim, victim_tat = base, math.inf
-        for offset in range(base, base + _SET, _ENTRY.size):
-            held, tat = _ENTRY.unpack_from(self._map, offset)
-            if held == key:
-                return offset, tat
-            if held == 0 or tat <= now:  # a budget back at full burst needs no entry
-                tat = -math.inf
-            if tat < victim_tat:
-                victim, victim_tat = offset, tat
-        return victim, now
+    def _wait(self, lock, pause: Callable[[], None] | None) -> bool:
+        """The lock after it was busy; False if it had to be taken from a dead holder."""
+        for _ in range(SPINS if pause is not None else 0):
+            pause()
+            if lock.acquire(False):
+                return True
+        if lock.acquire(True, STUCK):
+            return True
+        # Held for STUCK seconds by a section that takes microseconds: its holder was
+        # killed inside it. Free it for everyone; this one request goes without it.
+        with contextlib.suppress(ValueError):  # another waiter freed it first
+            lock.release()
+        return False
 
     def close(self) -> None:
         self._map.close()
-        self._locks.close()
+
+
+def _choose(entries: tuple, base: int, key: int, now: float) -> tuple[int, float]:
+    """The place of ``key`` in its set, else the one to take (free, back at full, nearest full)."""
+    victim, victim_tat = base, math.inf
+    for way in range(WAYS):
+        held, tat = entries[2 * way], entries[2 * way + 1]
+        offset = base + way * _ENTRY.size
+        if held == key:
+            return offset, tat
+        if held == 0 or tat <= now:  # a budget back at full burst needs no entry
+            tat = -math.inf
+        if tat < victim_tat:
+            victim, victim_tat = offset, tat
+    return victim, now
 
 
 def inflight_rows(config: Config) -> dict[tuple[int, int], int]:
