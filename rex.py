@@ -9,7 +9,7 @@ Usage:
   rex start [-c <config>] [-f] [-w N]
   rex proxy --from <addr> --to <upstream>... [-w N]
   rex serve [<dir>] [--listen <addr>] [--browse] [-w N]
-  rex wsgi <app> [--bind <addr>] [-w N] [--reload] [--static <map>]...
+  rex wsgi <app> [--bind <addr>] [-w N] [--reload] [--static <map>]... [--user <name>]
   rex stop [-p <pid> | --all] [--timeout S]
   rex reload [-p <pid>] [--timeout S]
   rex status [--json]
@@ -58,6 +58,7 @@ Options:
   --bind <addr>                   wsgi: listen address [default: :8000]
   --reload                        wsgi: reload when a .py file changes
   --static <map>                  wsgi: serve /PREFIX=DIR as static files
+  --user <name>                   wsgi: the workers' account (root: as root on purpose)
   -e <file>, --export <file>      copy the server log to <file>
 """
 
@@ -277,6 +278,7 @@ class Arbiter:
     def handle_usr1(self) -> None:
         self.log.reopen()
         self.log.info("log files reopened (SIGUSR1)")
+        self.generations.hand_over_logs()  # workers that dropped root reopen them next
         for proc in self.procs.values():
             self._kill(proc, signal.SIGUSR1)
 
@@ -297,6 +299,7 @@ class Arbiter:
         info = self.board.read(proc.slot)
         gen = self.generations[proc.generation]
         self.retired.fold(gen.metrics.layout, gen.metrics.read(proc.slot))  # before slot reuse
+        gen.limits.inflight.forget(proc.slot)  # its requests in flight ended with it
         self.free_slots.append(proc.slot)
         self.status_due = 0.0
         if proc.draining_since or self.stopping or info.state == DRAINING:
@@ -378,7 +381,7 @@ class Arbiter:
         boot = WorkerBoot(gen.config, gen.vhosts, self.listeners.for_worker(gen.vhosts, wid),
                           self.board.writer(slot), worker_id=wid, generation=gen.number,
                           master_pid=self.pid, log_path=self.log.path,
-                          shared=Shared(slot, gen.metrics, gen.health))
+                          shared=Shared(slot, gen.metrics, gen.health, gen.limits))
         # Signals stay blocked across fork, so none runs the master's handler in the child.
         mask = signal.pthread_sigmask(signal.SIG_BLOCK, self.signums)
         try:

@@ -30,6 +30,8 @@ setup(
     extras_require={
         # Brotli for `compress` (README: dependencies and why); gzip needs nothing.
         "brotli": ["brotli>=1.1"],
+        # rate_limits.store: redis:// (README: dependencies and why)
+        "redis": ["redis>=5"],
         "test": [
             "pytest>=8",
             "hypothesis>=6.100",
@@ -41,6 +43,7 @@ setup(
             "django>=4.2",
             "ruff>=0.5",
             "brotli>=1.1",  # the tests decode br answers and run compress with br
+            "redis>=5",  # the shared-budget tests run against a real redis-server
         ],
     },
     entry_points={"console_scripts": ["rex = rex:main"]},

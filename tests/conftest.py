@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -86,7 +87,7 @@ class Rex:
         return env
 
     def write(self, text: str) -> Path:
-        self.config.write_text(textwrap.dedent(text))
+        self.config.write_text(as_root(textwrap.dedent(text)))
         return self.config
 
     def cli(self, *args: str, timeout: float = 30, **kw) -> subprocess.CompletedProcess:
@@ -177,7 +178,15 @@ def site_config(port: int, routes: str | dict[str, str], settings: str = "", *,
                          for path, to in routes.items())
     site = (f"- port: {port}\n  host: 127.0.0.1\n" + _block(instance, "  ")
             + "  routes:\n" + _block(routes, "    "))
-    return "server:\n  instances:\n" + _block(site, "    ") + _block(settings, "")
+    return as_root("server:\n  instances:\n" + _block(site, "    ") + _block(settings, ""))
+
+
+def as_root(text: str) -> str:
+    """The tests run as root, and Rex runs a wsgi: app as root only when the config says
+    ``user: root`` (docs/limits.md): a config with one says so, unless it names a user."""
+    if os.geteuid() == 0 and "wsgi:" in text and not re.search(r"^user:", text, re.M):
+        return text.rstrip("\n") + "\nuser: root\n"
+    return text
 
 
 def _block(text: str, pad: str) -> str:

@@ -83,8 +83,9 @@ def test_wsgi_reload_on_an_edit_without_a_failed_request(rex):
     (rex.workdir / "assets").mkdir()
     (rex.workdir / "assets" / "site.css").write_text("body{}\n")
     port = free_port()
+    as_root = ("--user", "root") if os.geteuid() == 0 else ()  # docs/limits.md
     rex.launch("wsgi", "live_app:app", "--bind", f"127.0.0.1:{port}", "--reload",
-               "--static", "/static=assets")
+               "--static", "/static=assets", *as_root)
     url = f"http://127.0.0.1:{port}/"
     assert fetch(url)[2].startswith(b"one ")
     assert fetch(url + "static/site.css")[2] == b"body{}\n"

@@ -46,6 +46,7 @@ class OneLiner:
     app: str = ""  # wsgi: module:app
     statics: tuple[tuple[str, str], ...] = ()  # wsgi: (url prefix, absolute directory)
     reload: bool = False  # wsgi: watch the Python files
+    user: str | None = None  # wsgi: --user, the workers' account
     workers: int | None = None
     argv: tuple[str, ...] = field(default=(), compare=False)  # for the file's comment
 
@@ -80,7 +81,7 @@ def from_args(kind: str, args: dict, workers: int | None, argv: list[str]) -> On
         browse=bool(args["--browse"]),
         app=args["<app>"] or "",
         statics=tuple(parse_static(s) for s in args["--static"] or ()),
-        reload=bool(args["--reload"]))
+        reload=bool(args["--reload"]), user=args.get("--user"))
 
 
 # ------------------------------------------------------------------ the config
@@ -113,6 +114,9 @@ def document(one: OneLiner) -> tuple[dict, dict[str, str]]:
         site["routes"] = [*routes, {"path": "/", "destination": f"wsgi:{one.app}"}]
         # gunicorn's habit: the app is imported from the directory rex runs in.
         doc["pythonpath"] = [os.getcwd()]
+        if one.user:
+            doc["user"] = one.user
+            where["user"] = "--user"
     if one.workers:
         doc["workers"] = one.workers
     return doc, where

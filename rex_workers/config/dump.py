@@ -23,6 +23,7 @@ from .model import (
     ForwardAuth,
     HeaderRules,
     Instance,
+    RateLimit,
     Route,
     Rules,
     Upstream,
@@ -56,6 +57,8 @@ def dump(config: Config) -> dict:
     doc["pythonpath"] = list(config.pythonpath)
     doc.update(_rules(config.rules))
     doc["compress"] = _compress(config.compress)
+    doc["rate_limits"] = asdict(config.rate_limits)
+    doc.update(_set({"user": config.user, "group": config.group}))
     return doc
 
 
@@ -95,6 +98,17 @@ def _compress(settings: Compression | None) -> bool | dict:
             "types": list(settings.types)}
 
 
+_PERIODS = {1.0: "s", 60.0: "m", 3600.0: "h"}
+
+
+def _limits(holder: Instance | Route) -> dict:
+    """``rate_limit`` and ``max_in_flight`` where set (none is the default)."""
+    limit: RateLimit | None = holder.rate_limit
+    rate = limit and {"rate": f"{limit.count}/{_PERIODS[limit.period]}", "burst": limit.burst,
+                      "key": limit.key}
+    return _set({"rate_limit": rate, "max_in_flight": holder.max_in_flight})
+
+
 def _set(values: dict) -> dict:
     """Without the keys whose value is None: "not set" has no spelling in the file."""
     return {k: v for k, v in values.items() if v is not None}
@@ -115,6 +129,7 @@ def _instance(inst: Instance) -> dict:
     out["compress"] = _compress(inst.compress)
     out["routes"] = [{**_route(r), **_access(r, inst)} for r in inst.routes]
     out.update(_rules(inst.rules))
+    out.update(_limits(inst))
     return out
 
 
@@ -178,6 +193,7 @@ def _route(route: Route) -> dict:
         out["pool"] = route.pool
     out["rewrite"] = route.rewrite
     out.update(_rules(route.rules))
+    out.update(_limits(route))
     return _set(out)
 
 

@@ -32,6 +32,8 @@ from .model import (
     Instance,
     Limits,
     Logging,
+    RateLimit,
+    RateLimits,
     Redirect,
     Route,
     Rules,
@@ -40,7 +42,7 @@ from .model import (
     Upstream,
     UpstreamTLS,
 )
-from .schema import SCHEMA, STATIC_PREFIX, brotli_installed, parse_destination
+from .schema import SCHEMA, STATIC_PREFIX, brotli_installed, parse_destination, parse_rate
 from .validator import RexValidator
 
 __all__ = ["ConfigError", "config_digest", "default_config", "load_config", "parse_destination"]
@@ -375,8 +377,11 @@ def _rules(raw: dict) -> Rules:
 def _route(raw: dict, index: int, line: int, timeouts: Timeouts,
            static: StaticOptions, inherited: dict | None = None) -> Route:
     options = _present(raw, ("strip_prefix", "preserve_host", "priority", "retries", "pool",
-                             "buffer_requests", "buffer_responses", "rewrite"))
+                             "buffer_requests", "buffer_responses", "rewrite",
+                             "max_in_flight"))
     options["rules"] = _rules(raw)
+    if "rate_limit" in raw:
+        options["rate_limit"] = _rate_limit(raw["rate_limit"])
     destination = raw.get("destination")
     if destination is None:
         options["redirect"] = Redirect(**raw["redirect"])
@@ -400,6 +405,14 @@ def _route(raw: dict, index: int, line: int, timeouts: Timeouts,
                  timeouts=replace(timeouts, **raw.get("timeouts", {})), **options)
 
 
+def _rate_limit(raw: dict) -> RateLimit:
+    count, period = parse_rate(raw["rate"])
+    key = raw.get("key", "client_ip")
+    if key.startswith("header:"):  # field names are case-insensitive: one spelling
+        key = "header:" + key[len("header:"):].strip().lower()
+    return RateLimit(count, period, raw.get("burst", count), key)
+
+
 def _balance(name: str) -> str:
     # weights are honoured by round_robin itself, so "weighted" names the same balancer
     return "round_robin" if name == "weighted" else name
@@ -408,7 +421,9 @@ def _balance(name: str) -> str:
 def _instance(raw: dict, index: int, lines: dict, timeouts: Timeouts,
               inherited: Rules) -> Instance:
     where = ("server", "instances", index)
-    options = _present(raw, ("host", "public"))
+    options = _present(raw, ("host", "public", "max_in_flight"))
+    if "rate_limit" in raw:
+        options["rate_limit"] = _rate_limit(raw["rate_limit"])
     redirect = raw.get("redirect_https", False)
     if redirect is not False:  # a port number, or true: the port is found once all are built
         options["redirect_https"] = True
@@ -529,7 +544,8 @@ def _logging(raw: dict) -> Logging:
 def _build(doc: dict, lines: dict, path: str, digest: str) -> Config:
     timeouts = Timeouts(**doc.get("timeouts", {}))
     options = _present(doc, ("graceful_timeout", "timeout", "max_requests",
-                             "max_requests_jitter", "reuse_port", "monkey_patch"))
+                             "max_requests_jitter", "reuse_port", "monkey_patch", "user",
+                             "group"))
     if "upstream_balance" in doc:
         options["upstream_balance"] = _balance(doc["upstream_balance"])
     if "workers" in doc:
@@ -554,5 +570,6 @@ def _build(doc: dict, lines: dict, path: str, digest: str) -> Config:
         pythonpath=tuple(doc.get("pythonpath", ())),
         rules=rules,
         compress=_compression(_compress_scope(doc.get("compress"), (False, {}))),
+        rate_limits=RateLimits(**doc.get("rate_limits", {})),
         **options,
     )

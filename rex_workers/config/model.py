@@ -210,6 +210,33 @@ class Redirect:
 
 
 @dataclass(frozen=True, slots=True)
+class RateLimit:
+    """``rate_limit``: ``count`` requests per ``period`` seconds, ``burst`` of them at once.
+
+    ``key`` is what one budget belongs to: ``client_ip``, ``route`` (everyone shares
+    it) or ``header:NAME`` (one budget per value of that request header).
+    """
+
+    count: int  # "10/s" -> 10
+    period: float  # "10/s" -> 1.0 seconds
+    burst: int  # requests that may arrive at once; the count by default
+    key: str = "client_ip"
+
+    @property
+    def interval(self) -> float:
+        """Seconds between requests at the steady rate (GCRA's emission interval)."""
+        return self.period / self.count
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimits:
+    """Top-level ``rate_limits``: where the budgets live, and what to do when that fails."""
+
+    store: str = "local"  # "local" (this node's shared memory) or a redis:// URL
+    on_store_error: str = "local"  # Redis unreachable: "local", "allow" or "deny"
+
+
+@dataclass(frozen=True, slots=True)
 class Route:
     """One ``routes[]`` entry: one of ``upstreams`` / ``wsgi`` / ``static`` / ``redirect``."""
 
@@ -239,6 +266,8 @@ class Route:
     rules: Rules = field(default_factory=Rules)
     static_options: StaticOptions | None = None  # static: routes: the instance's, overridden
     compress: Compression | None = None  # resolved: the route's, else its instance's
+    rate_limit: RateLimit | None = None  # None: the instance's, if it has one
+    max_in_flight: int | None = None  # None: the instance's, if it has one
     line: int = 0  # config line, for messages
 
 
@@ -273,12 +302,19 @@ class Instance:
     # loader so that a site needs nothing but its instance (not written by dump).
     inherited: Rules = field(default_factory=Rules)
     compress: Compression | None = None  # resolved: the instance's, else the top level's
+    rate_limit: RateLimit | None = None  # for requests no route with its own limit takes
+    max_in_flight: int | None = None
     line: int = 0
 
     @property
     def guarded(self) -> bool:
         """Whether any request to this instance meets an access rule (else none runs)."""
         return any(x.auth or x.allow or x.deny for x in (self, *self.routes))
+
+    @property
+    def limited(self) -> bool:
+        """Whether any request of this instance passes a rate or concurrency limit."""
+        return any(x.rate_limit or x.max_in_flight for x in (self, *self.routes))
 
     @property
     def address(self) -> tuple[str, int]:
@@ -326,6 +362,9 @@ class Config:
     pythonpath: tuple[str, ...] = ()  # absolute directories
     rules: Rules = field(default_factory=Rules)  # the top level's front-door keys
     compress: Compression | None = None  # the top level's (instances hold their own)
+    rate_limits: RateLimits = field(default_factory=RateLimits)
+    user: str | None = None  # workers switch to this account; "root" says root on purpose
+    group: str | None = None  # None: the user's own group
 
     @property
     def has_wsgi(self) -> bool:

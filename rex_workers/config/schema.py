@@ -59,6 +59,18 @@ UPSTREAM_TLS = {
     },
 }
 
+# Request-stage limits, on an instance or a route (the route's win): docs/limits.md.
+RATE_LIMIT = {
+    "type": "dict",
+    "schema": {
+        "rate": {"type": "string", "required": True, "check_with": "rate"},
+        "burst": _count(1),
+        "key": {"type": "string", "check_with": "limit_key"},
+    },
+}
+MAX_IN_FLIGHT = _count(1)
+STORE_ERRORS = ("local", "allow", "deny")  # what a node does while Redis is unreachable
+
 UPSTREAM = {
     "url": {"type": "string", "required": True, "check_with": "url"},
     "tls": UPSTREAM_TLS,
@@ -235,6 +247,8 @@ ROUTE = {
     **FRONT_DOOR,
     **ACCESS,
     "compress": COMPRESS,
+    "rate_limit": RATE_LIMIT,
+    "max_in_flight": MAX_IN_FLIGHT,
 }
 
 TLS = {
@@ -258,6 +272,8 @@ INSTANCE = {
     **ACCESS,
     **FRONT_DOOR,
     "compress": COMPRESS,
+    "rate_limit": RATE_LIMIT,
+    "max_in_flight": MAX_IN_FLIGHT,
 }
 
 SCHEMA = {
@@ -317,6 +333,16 @@ SCHEMA = {
         {"type": "string", "empty": False, "coerce": "path", "check_with": "directory"}),
     **FRONT_DOOR,
     "compress": COMPRESS,
+    "rate_limits": {
+        "type": "dict",
+        "schema": {"store": {"type": "string", "check_with": "rate_store"},
+                   "on_store_error": {"type": "string", "allowed": STORE_ERRORS}},
+    },
+    # Workers drop to this account after the master bound the ports (docs/limits.md)
+    "user": {"type": ["string", "integer"], "empty": False, "coerce": "account",
+             "check_with": "user"},
+    "group": {"type": ["string", "integer"], "empty": False, "coerce": "account",
+              "check_with": "group", "dependencies": "user"},
 }
 
 # ------------------------------------------------------------------ value parsers
@@ -325,6 +351,8 @@ _SIZE = re.compile(r"(\d+)\s*([kmg]?)(?:i?b)?", re.IGNORECASE)
 _SIZE_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}  # binary, like nginx
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h)?", re.IGNORECASE)
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+_RATE = re.compile(r"(\d+)\s*/\s*(s|sec|second|m|min|minute|h|hour)", re.IGNORECASE)
+_RATE_PERIODS = {"s": 1.0, "m": 60.0, "h": 3600.0}
 _HOSTNAME = re.compile(r"[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?(\.[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?)*\.?",
                        re.IGNORECASE)
 
@@ -346,6 +374,14 @@ def parse_duration(value: object) -> float | None:
         return None
     unit = match[2].lower() if match[2] else None
     return float(match[1]) * _DURATION_UNITS[unit]
+
+
+def parse_rate(value: object) -> tuple[int, float] | None:
+    """(count, period in seconds) from ``"10/s"``, ``"300/m"``, ``"5000/h"``; None if not one."""
+    match = _RATE.fullmatch(value.strip()) if isinstance(value, str) else None
+    if not match or int(match[1]) < 1:
+        return None
+    return int(match[1]), _RATE_PERIODS[match[2][0].lower()]
 
 
 def valid_host(host: str) -> bool:

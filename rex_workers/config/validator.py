@@ -11,10 +11,13 @@ Cross-instance rules (shared ports, duplicate routes) live in ``loader.py``.
 from __future__ import annotations
 
 import difflib
+import grp
 import ipaddress
 import os
+import pwd
 import re
 from collections.abc import Sequence
+from urllib.parse import urlsplit
 
 import cerberus
 from cerberus import errors
@@ -31,6 +34,7 @@ from .schema import (
     parse_auth_url,
     parse_destination,
     parse_duration,
+    parse_rate,
     parse_size,
     valid_host,
 )
@@ -112,6 +116,10 @@ class RexValidator(FrontDoorChecks, cerberus.Validator):
             directory = value.strip()[len(STATIC_PREFIX):].strip()
             return STATIC_PREFIX + (self._normalize_coerce_path(directory) or "")
         return value
+
+    def _normalize_coerce_account(self, value):
+        """A uid or gid may be written as a number (containers without a passwd entry)."""
+        return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
 
     def _normalize_coerce_log_target(self, value):
         if value in STREAMS or value in ("off", ""):
@@ -218,6 +226,43 @@ class RexValidator(FrontDoorChecks, cerberus.Validator):
             self._error(field, f"{field} is only for proxied destinations, not static:")
         elif "redirect" in self.document:
             self._error(field, f"{field} is only for proxied destinations, not a redirect")
+
+    def _check_with_rate(self, field, value):
+        if parse_rate(value) is None:
+            self._error(field, f"must be a count per s, m or h, like 10/s or 300/m (not {value!r})")
+
+    def _check_with_limit_key(self, field, value):
+        name = value[len("header:"):].strip() if value.startswith("header:") else None
+        if value not in ("client_ip", "route") and not (name and _TOKEN.fullmatch(name)):
+            self._error(field, f"must be client_ip, route or header:NAME (not {value!r})")
+
+    def _check_with_rate_store(self, field, value):
+        if value == "local":
+            return
+        parts = urlsplit(value)
+        try:
+            port_ok = parts.port is None or 1 <= parts.port <= 65535
+        except ValueError:
+            port_ok = False
+        db = parts.path.strip("/")
+        if parts.scheme not in ("redis", "rediss") or not parts.hostname or not port_ok \
+                or not (db == "" or db.isdigit()):
+            self._error(field, "must be local or redis://HOST[:PORT][/DB] "
+                               f"(not {value!r})")
+
+    def _check_with_user(self, field, value):
+        try:
+            pwd.getpwuid(int(value)) if value.isdigit() else pwd.getpwnam(value)
+        except KeyError:
+            if not value.isdigit():  # a bare uid needs no passwd entry (containers)
+                self._error(field, f"no such user on this machine: {value!r}")
+
+    def _check_with_group(self, field, value):
+        try:
+            grp.getgrgid(int(value)) if value.isdigit() else grp.getgrnam(value)
+        except KeyError:
+            if not value.isdigit():
+                self._error(field, f"no such group on this machine: {value!r}")
 
     def _check_with_redirect_https(self, field, value):
         if value is not True and value is not False and not 1 <= value <= 65535:

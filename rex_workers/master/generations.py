@@ -24,13 +24,16 @@ workers), or import gevent. ``master`` is the Arbiter (``rex.py``):
 
 from __future__ import annotations
 
+import os
 import time
 import traceback
 from collections.abc import Iterable, Iterator
 from typing import Protocol
 
 from ..config.model import Config
+from ..shared import privileges
 from ..shared.metrics import Layout, MetricsTable, probe_targets
+from ..shared.ratetable import InFlightTable, LimitTables, RateTable
 from ..shared.scoreboard import READY, Scoreboard
 from ..shared.sharedhealth import HealthTable
 from ..shared.tls import certificate_problem
@@ -79,6 +82,7 @@ class Generations:
         self.reloads = {"ok": 0, "failed": 0, "last_error": ""}
         self.last: dict | None = None  # the latest reload and its outcome (see above)
         self.boot_error = ""  # the first generation cannot start: `rex start` fails with it
+        self.rates = RateTable()  # the master's: budgets outlive a reload (ratetable.py)
         self.current = self._new(config)  # binds: Refused when a port is taken
         self.watch = ConfigWatch(config.path)  # the file it was read from, as it is now
         self.next_poll = 0.0
@@ -109,6 +113,9 @@ class Generations:
         problems = [p for p in map(certificate_problem, config.instances) if p]
         if problems:
             raise Refused("\n".join(problems))
+        problem = privileges.prepare(config, os.geteuid(), self.master.log.path or "")
+        if problem:  # a wsgi: app as root without user: root, or logs the user cannot write
+            raise Refused(problem)
         vhosts = listeners(config)
         gen = Generation(max(self._by_number, default=0) + 1, config, vhosts,
                          self.master.override or config.workers, time.monotonic())
@@ -116,6 +123,7 @@ class Generations:
         self.master.admin_for(config)
         gen.metrics = MetricsTable(Layout(config), self.master.board.slots)
         gen.health = HealthTable(probe_targets(config))
+        gen.limits = LimitTables(self.rates, InFlightTable(config, self.master.board.slots))
         if self._by_number:
             gen.health.inherit(self.current.health)  # a reload keeps what the probes found
         self._by_number[gen.number] = gen
@@ -132,6 +140,13 @@ class Generations:
                 raise Refused(f"{exc}: this master listens on it with another host, and "
                               "changing an instance's host needs a restart") from None
             raise Refused(str(exc)) from None
+
+    def hand_over_logs(self) -> None:
+        """SIGUSR1: workers reopen their logs as ``user``: files a rotation moved away are
+        created again and given to it first (nginx's master does the same)."""
+        problem = privileges.prepare(self.current.config, os.geteuid(), self.master.log.path)
+        if problem:
+            self.log.error(problem)
 
     def grow(self) -> None:
         """SIGTTIN: one worker more for the serving generation."""
@@ -180,6 +195,7 @@ class Generations:
             gen = self._by_number.pop(number)
             gen.metrics.close()
             gen.health.close()
+            gen.limits.inflight.close()
         return gone
 
     # -- readiness ---------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from ..config.model import Config
 from ..shared.metrics import MetricsTable
+from ..shared.ratetable import LimitTables
 from ..shared.sharedhealth import HealthTable
 
 BOOT_TIMEOUT = 30.0  # seconds a generation may take to become ready (or `timeout`, if longer)
@@ -53,6 +54,7 @@ class Generation:
     ready: bool = False
     metrics: MetricsTable | None = None  # shared memory the master maps before forking
     health: HealthTable | None = None
+    limits: LimitTables | None = None
 
 
 def urls(config: Config) -> list[str]:

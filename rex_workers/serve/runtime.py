@@ -14,6 +14,9 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from functools import partial
+
+import gevent
 
 from ..access.guard import Access
 from ..config.model import Config, Instance, Route, Upstream
@@ -27,14 +30,15 @@ from ..proxy.headers import TrustedProxies
 from ..proxy.relay import Buffers
 from ..proxy.state import Target
 from ..proxy.upstream import ConnectionPool
-from ..shared.metrics import NOT_ROUTED, Layout, Recorder, route_label
+from ..shared.metrics import NOT_ROUTED, Layout, Recorder, Shared, route_label
 from .accesslog import Log
 from .site import Listener, Site
 
 
 class Runtime:
     def __init__(self, config: Config, vhosts: dict[tuple[str, int], VirtualHosts],
-                 worker_name: str = "", layout: Layout | None = None) -> None:
+                 worker_name: str = "", layout: Layout | None = None,
+                 shared: Shared | None = None) -> None:
         self.config = config
         self.limits = limits = config.limits
         # The size of a head the fast lane may take, from the limits (``h1fast.bounds``).
@@ -61,6 +65,9 @@ class Runtime:
 
             # Imported now, at boot, so a bad import fails the worker's start.
             self.wsgi = WSGIApps(config, self.trusted.__contains__)
+        self._guarding = None
+        if any(inst.limited for inst in config.instances):
+            self._guarding = self._limits(shared)
         self.global_target = None
         if config.upstream:
             group = self._group(config.upstream, config.upstream_balance, site=NOT_ROUTED,
@@ -75,8 +82,32 @@ class Runtime:
         self.tunnels: set = set()
 
     def _site(self, instance: Instance, table: RouteTable) -> Site:
-        return Site(instance, table, self.proxy, self.global_target, self.wsgi, self._group,
+        site = Site(instance, table, self.proxy, self.global_target, self.wsgi, self._group,
                     self.guards.guard)
+        if instance.limited:  # a site without limits runs nothing for them per request
+            from ..limits.guard import Guard
+
+            store, inflight, slot, client_ip = self._guarding
+            site.respond = Guard(instance, table, store, inflight, slot, client_ip,
+                                 site.respond).respond
+        return site
+
+    def _limits(self, shared: Shared | None) -> tuple:
+        """The store, in-flight table, slot and client address the sites' guards share.
+
+        Without the master's tables (a worker built in-process) the limits are this
+        process's own."""
+        from ..limits.guard import client_ip
+        from ..limits.store import make_store
+        from ..shared.ratetable import InFlightTable, LimitTables, RateTable
+
+        tables, slot = (shared.limits, shared.slot) if shared and shared.limits else (None, 0)
+        if tables is None:
+            tables = LimitTables(RateTable(), InFlightTable(self.config, 1))
+        # A yield while another worker holds a budget's lock: this one serves meanwhile.
+        store = make_store(self.config.rate_limits, tables.rates, self.log.error,
+                           partial(gevent.sleep, 0))
+        return store, tables.inflight, slot, client_ip(self.trusted.__contains__)
 
     def _group(self, upstreams: Sequence[Upstream], balance: str, *, site: str,
                route: Route | None) -> UpstreamGroup:

@@ -5,7 +5,8 @@ the master's code. Order matters (SPEC §8, §9): gevent's hub is reinitialised
 first, then ``monkey.patch_all()`` if the config asks for it (WSGI routes),
 and only then is application code imported. May: accept on the inherited
 sockets, serve connections, write its own scoreboard and metrics slots,
-probe upstreams (worker 1 only) into the generation's health table. May not:
+probe upstreams (worker 1 only) into the generation's health table, drop root
+(``user``) once its TLS contexts are loaded. May not:
 bind, touch another slot, or outlive the master.
 
 Signals: TERM drains (stop accepting, let in-flight requests and WebSockets
@@ -29,6 +30,7 @@ import gevent.event
 import gevent.socket
 
 from ..http.wire import WAITING, peek, shutdown
+from ..shared import privileges
 from ..shared.boot import WorkerBoot
 from ..shared.proctitle import set_title
 from ..shared.scoreboard import BOOT_FAILED, DRAINING, READY
@@ -83,7 +85,8 @@ def run(boot: WorkerBoot) -> int:
         signal.signal(sig, signal.SIG_IGN)
     set_title(boot.title)
     try:
-        if config.monkey_patch or config.has_wsgi:
+        # A Redis rate store talks through redis-py's sockets: patched, they wait in the hub.
+        if config.monkey_patch or config.has_wsgi or config.rate_limits.store != "local":
             from gevent import monkey
 
             monkey.patch_all()
@@ -117,8 +120,15 @@ class Worker:
         self.draining = False
         self.stopping = gevent.event.Event()
         self.shared = shared
+        # Certificates and keys are read here, as root if the master is, so a reload reads
+        # renewed files; then the worker drops to `user` before any app is imported.
+        # gevent's SSLContext, not the stdlib's: its sockets wait in the hub.
+        contexts = {address: listener_context(vhosts[address].instances, vhosts[address].select,
+                                              SSLContext) for address in boot.sockets}
+        if config.user is not None:
+            privileges.drop(privileges.account(config.user, config.group))
         self.rt = Runtime(config, vhosts, f"[worker {boot.worker_id}] ",
-                          shared.metrics.layout if shared else None)
+                          shared.metrics.layout if shared else None, shared)
         # Worker 1 of the generation is the one prober (SPEC §6: probes are not
         # multiplied by the number of workers); every worker applies the verdicts.
         self.health = (HealthSharing(shared.health, [(r, g) for _s, r, g in self.rt.groups()],
@@ -127,10 +137,7 @@ class Worker:
         self.servers = []
         for address, sock in boot.sockets.items():
             listener = self.rt.listeners[address]
-            # gevent's SSLContext, not the stdlib's: its sockets wait in the hub.
-            # Certificates are read here, so a reload reads renewed files.
-            context = listener_context(vhosts[address].instances, vhosts[address].select,
-                                       SSLContext)
+            context = contexts[address]
             gsock = gevent.socket.socket(sock.family, sock.type, sock.proto,
                                          fileno=os.dup(sock.fileno()))
             sock.close()  # the worker keeps only its gevent copy of the master's socket
@@ -182,10 +189,15 @@ class Worker:
 
     def reopen_logs(self) -> None:
         if self.log_path:
-            fd = os.open(self.log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-            os.dup2(fd, 1)
-            os.dup2(fd, 2)
-            os.close(fd)
+            try:
+                fd = os.open(self.log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            except OSError as exc:  # a worker that dropped root may not reach $REX_HOME
+                self.rt.log.error(f"cannot reopen {self.log_path}: {exc.strerror}; "
+                                  "writing on where it was")
+            else:
+                os.dup2(fd, 1)
+                os.dup2(fd, 2)
+                os.close(fd)
         self.rt.log.reopen()
 
     # -- stopping -------------------------------------------------------------------

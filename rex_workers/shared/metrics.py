@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 from ..config.model import Config, HealthCheck, Route, Upstream
 
 if TYPE_CHECKING:
+    from .ratetable import LimitTables
     from .sharedhealth import HealthTable
 
 # Exact codes worth their own series; any other code is counted in its class ("4xx").
@@ -226,3 +227,4 @@ class Shared:
     slot: int  # the worker's scoreboard slot, and its slot in ``metrics``
     metrics: MetricsTable
     health: HealthTable
+    limits: LimitTables | None = None  # rate budgets and in-flight counts (ratetable.py)
