@@ -24,6 +24,7 @@ from collections.abc import Callable
 from urllib.parse import quote
 
 from ..config import templates
+from .clientaddr import client_address
 from .request import Request
 from .urlpath import PATH_SAFE
 
@@ -34,14 +35,7 @@ _SCHEMES = ("http", "https")
 
 def client_ip(req: Request, trusted: Trusted) -> str:
     """The client's address, believing ``X-Forwarded-For`` only as far as trusted proxies go."""
-    peer = req.client_addr[0]
-    if not trusted(peer):
-        return peer
-    chain = [a.strip() for v in _values(req, b"x-forwarded-for") for a in v.split(",")]
-    for address in reversed(chain):
-        if address and not trusted(address):
-            return address
-    return chain[0] if chain and chain[0] else peer
+    return client_address(req, trusted)
 
 
 def scheme(req: Request, trusted: Trusted) -> str:
@@ -52,10 +46,6 @@ def scheme(req: Request, trusted: Trusted) -> str:
             if value in _SCHEMES:
                 return value
     return req.scheme
-
-
-def _values(req: Request, name: bytes) -> list[str]:
-    return [v.decode("latin-1") for k, v in req.headers if k.lower() == name]
 
 
 def encoded_path(path: str) -> str:

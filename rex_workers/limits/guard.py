@@ -25,10 +25,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from functools import partial
 
 from ..config.model import Instance, RateLimit
 from ..config.routing import RouteTable
 from ..http import pages
+from ..http.clientaddr import client_address
 from ..http.message import Response, Stream
 from ..http.request import Request
 from ..shared.ratetable import InFlightTable, Verdict
@@ -126,19 +128,5 @@ def unavailable() -> Response:
 
 
 def client_ip(trusted: Callable[[str], bool]) -> Callable[[Request], str]:
-    """The client's address: the peer's, or behind ``trusted_proxies`` the nearest address
-    in ``X-Forwarded-For`` that is not one of them (the one no client can forge)."""
-
-    def address(req: Request) -> str:
-        peer = req.client_addr[0]
-        if not trusted(peer):
-            return peer
-        forwarded = req.header(b"x-forwarded-for")
-        hops = forwarded.decode("latin-1").split(",") if forwarded else []
-        for hop in reversed(hops):
-            hop = hop.strip()
-            if hop and not trusted(hop):
-                return hop
-        return peer
-
-    return address
+    """The client's address as the other rules see it (``http.clientaddr``)."""
+    return partial(client_address, trusted=trusted)
