@@ -26,6 +26,7 @@ setup(
         "setproctitle>=1.3",
         "watchfiles>=0.21",  # rex wsgi --reload (README: dependencies and why)
         "bcrypt>=4.1",  # auth: basic (README: dependencies and why)
+        "h2>=4.1,<5",  # HTTP/2 frames and HPACK (README: dependencies and why)
     ],
     extras_require={
         # Brotli for `compress` (README: dependencies and why); gzip needs nothing.
@@ -44,6 +45,7 @@ setup(
             "ruff>=0.5",
             "brotli>=1.1",  # the tests decode br answers and run compress with br
             "redis>=5",  # the shared-budget tests run against a real redis-server
+            "httpx[http2]>=0.27",  # a real HTTP/2 client for the http2 tests
         ],
     },
     entry_points={"console_scripts": ["rex = rex:main"]},

@@ -122,6 +122,7 @@ def _instance(inst: Instance) -> dict:
     if inst.tls is not None:
         out["tls"] = {"cert": inst.tls.cert, "key": inst.tls.key}
     out["redirect_https"] = _redirect(inst)
+    out["http2"] = inst.http2
     static = _set(asdict(inst.static))
     static["index"] = list(inst.static.index)
     out["static"] = static

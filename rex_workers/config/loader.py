@@ -421,7 +421,7 @@ def _balance(name: str) -> str:
 def _instance(raw: dict, index: int, lines: dict, timeouts: Timeouts,
               inherited: Rules) -> Instance:
     where = ("server", "instances", index)
-    options = _present(raw, ("host", "public", "max_in_flight"))
+    options = _present(raw, ("host", "public", "max_in_flight", "http2"))
     if "rate_limit" in raw:
         options["rate_limit"] = _rate_limit(raw["rate_limit"])
     redirect = raw.get("redirect_https", False)

@@ -290,6 +290,9 @@ class Instance:
     # this instance's address, in file order; the request's Host picks one as a TLS
     # listener picks its site. ``redirect_https: 8443`` gives (((), 8443),).
     https_ports: tuple[tuple[tuple[str, ...], int], ...] = ()
+    # HTTP/2 (docs/http2.md): True offers h2 by ALPN on a TLS instance (no effect without
+    # TLS); "cleartext" serves h2c with prior knowledge beside HTTP/1.1; False: never.
+    http2: bool | str = True
     routes: tuple[Route, ...] = ()
     static: StaticOptions = field(default_factory=StaticOptions)
     # What the instance answers itself (files, the global pool, pages); routes copy these

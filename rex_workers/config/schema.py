@@ -268,6 +268,8 @@ INSTANCE = {
     "server_names": _list_of({"type": "string", "coerce": "lower", "check_with": "server_name"}),
     # true: to the TLS instance's port for the request's host; a number: to that port
     "redirect_https": {"type": "https_redirect", "check_with": "redirect_https"},
+    # HTTP/2: on TLS instances by ALPN unless false; "cleartext": h2c with prior knowledge
+    "http2": {"check_with": "http2"},
     "static": {"type": "dict", "schema": STATIC},
     **ACCESS,
     **FRONT_DOOR,

@@ -270,6 +270,14 @@ class RexValidator(FrontDoorChecks, cerberus.Validator):
         elif value and ("tls" in self.document or "sslConfig" in self.document):
             self._error(field, "an instance with TLS cannot redirect to HTTPS (itself)")
 
+    def _check_with_http2(self, field, value):
+        tls = "tls" in self.document or "sslConfig" in self.document
+        if value is not True and value is not False and value != "cleartext":
+            self._error(field, "must be true, false or cleartext")
+        elif value == "cleartext" and tls:
+            self._error(field, "cleartext is for instances without TLS (with TLS, HTTP/2 is "
+                               "offered by ALPN: http2: true)")
+
     def _check_with_upstream_tls(self, field, value):
         if not _speaks_https(self.document):
             self._error(field, "tls is only for https:// destinations")

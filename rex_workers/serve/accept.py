@@ -17,11 +17,15 @@ from __future__ import annotations
 import socket
 import ssl
 import struct
+import time
 from typing import TYPE_CHECKING
+
+import gevent
 
 from ..shared.metrics import CONNECTIONS, HANDSHAKE_FAILURES, RECEIVED, SENT
 from ..shared.tls import PLAIN_HTTP_REPLY, is_plain_http
 from .conn import ClientConn
+from .h2conn import PREFACE, H2Conn
 
 if TYPE_CHECKING:
     from .runtime import Runtime
@@ -72,6 +76,22 @@ class MeteredConn(ClientConn):
         super()._close()
 
 
+class MeteredH2(H2Conn):
+    """An HTTP/2 connection that adds its wire bytes to its listener's row when it closes."""
+
+    def __init__(self, sock, addr, listener: Listener, rt: Runtime, row: int,
+                 early: bytes = b"") -> None:
+        super().__init__(sock, addr, listener, rt, early)
+        self.row = row
+
+    def _close(self) -> None:
+        received, sent = wire_bytes(self.sock)
+        metrics = self.ctx.metrics
+        metrics.listener(self.row, RECEIVED, received)
+        metrics.listener(self.row, SENT, sent)
+        super()._close()
+
+
 class Entry:
     """The StreamServer handler of one listener: ``Entry(...)(sock, addr)`` per connection."""
 
@@ -92,7 +112,13 @@ class Entry:
             sock = self._handshake(sock)
             if sock is None:
                 return
-        conn = MeteredConn(sock, addr, self.listener, rt, self.row)
+            h2 = sock.selected_alpn_protocol() == "h2"
+        else:
+            h2 = self.listener.h2c and _prior_knowledge(sock, rt.timeouts.header)
+        if h2:
+            conn = MeteredH2(sock, addr, self.listener, rt, self.row)
+        else:
+            conn = MeteredConn(sock, addr, self.listener, rt, self.row)
         rt.connections.add(conn)
         try:
             conn.serve()
@@ -118,6 +144,29 @@ class Entry:
                 _reply_in_clear(tls)
             tls.close()
             return None
+
+
+def _prior_knowledge(sock, timeout: float) -> bool:
+    """Whether a cleartext client opens with the HTTP/2 preface (h2c, RFC 9113 §3.3).
+
+    Peeked, not read: an HTTP/1.1 request stays in the socket for its parser.
+    The preface's first bytes ("PRI * HTTP/2.0") are no valid HTTP/1.1 method
+    line Rex would serve, so the first bytes that differ decide.
+    """
+    give_up = time.monotonic() + timeout
+    while True:
+        try:
+            sock.settimeout(max(0.0, give_up - time.monotonic()))
+            head = sock.recv(len(PREFACE), socket.MSG_PEEK)
+        except OSError:
+            return False  # HTTP/1.1's reader meets the same silence or reset
+        if not head or not PREFACE.startswith(head):
+            return False
+        if len(head) == len(PREFACE):
+            return True
+        if time.monotonic() >= give_up:
+            return False
+        gevent.sleep(0.01)  # a preface split across segments: the rest is on its way
 
 
 def _reply_in_clear(tls) -> None:

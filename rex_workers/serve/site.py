@@ -234,6 +234,8 @@ class Listener:
                       for inst in vhosts.instances}
         first = vhosts.instances[0]
         self.scheme = first.scheme
+        # h2c with prior knowledge beside HTTP/1.1: any plain instance here may ask.
+        self.h2c = any(i.http2 == "cleartext" and i.tls is None for i in vhosts.instances)
         self.single = self.sites[first.index] if len(self.sites) == 1 else None
 
     def respond(self, stream: Stream) -> None:

@@ -218,6 +218,10 @@ class Worker:
         rt.log.info(f"draining ({why})")
         for server in self.servers:
             server.close()  # the master's copy keeps the socket (and its queue) alive
+        for conn in list(rt.connections):
+            begin = getattr(conn, "begin_drain", None)  # HTTP/2: GOAWAY at once
+            if begin is not None:
+                begin()
         gevent.spawn(self._drain)
 
     def _drain(self) -> None:

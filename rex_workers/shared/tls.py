@@ -43,16 +43,18 @@ def _no_passphrase() -> bytes:
                             "key (openssl pkey -in KEY -out KEY.plain)")
 
 
-def server_context(tls: TLS, context_class: type[ssl.SSLContext] = ssl.SSLContext
-                   ) -> ssl.SSLContext:
-    """A server context for one certificate: TLS 1.2+, modern suites, HTTP/1.1 by ALPN."""
+def server_context(tls: TLS, context_class: type[ssl.SSLContext] = ssl.SSLContext,
+                   http2: bool = False) -> ssl.SSLContext:
+    """A server context for one certificate: TLS 1.2+, modern suites, and by ALPN
+    HTTP/2 (``http2``) before HTTP/1.1."""
     context = context_class(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.set_ciphers(CIPHERS)
     # Client-initiated renegotiation costs the server a handshake per request
     # a client chooses to send: a cheap denial of service (RFC 5746 §4.4).
     context.options |= getattr(ssl, "OP_NO_RENEGOTIATION", 0)
-    context.set_alpn_protocols(["http/1.1"])  # a client that offers h2 falls back at once
+    # A client offering only protocols we lack gets HTTP/1.1 all the same.
+    context.set_alpn_protocols(["h2", "http/1.1"] if http2 else ["http/1.1"])
     context.load_cert_chain(tls.cert, tls.key, password=_no_passphrase)
     return context
 
@@ -94,7 +96,9 @@ def listener_context(instances: Sequence[Instance], select: Callable[[str], Inst
     with_tls = [i for i in instances if i.tls is not None]
     if not with_tls:
         return None
-    contexts = {i.index: server_context(i.tls, context_class) for i in with_tls}
+    # Each instance's own ALPN list: the context chosen by SNI answers the offer.
+    contexts = {i.index: server_context(i.tls, context_class, i.http2 is True)
+                for i in with_tls}
     default = contexts[select("").index]
     if len(contexts) > 1:
         def choose(sock, name: str | None, _context) -> None:

@@ -1,0 +1,356 @@
+"""An HTTP/2 client connection (RFC 9113): frames in, one greenlet per stream, frames out.
+
+Socket code. The frame and HPACK state machine is the ``h2`` package's; the
+I/O, flow-control policy, scheduling and protections are Rex's. The
+connection's own greenlet reads: it feeds bytes to h2 and turns its events
+into ``H2Stream``s (``h2stream``), each answered in a greenlet of its own
+through the same ``Listener.respond`` as an HTTP/1.1 request. Every write goes
+through ``flush``: whoever holds the write lock sends all the frames h2 has
+queued, so frames leave in the order h2 made them.
+
+Protections (docs/http2.md, beside nginx's): at most ``MAX_STREAMS`` open
+streams (more are refused); header lists bounded by ``limits.header_bytes``
+(SETTINGS_MAX_HEADER_LIST_SIZE) and HPACK's table by ``TABLE_SIZE``; h2's cap
+of 64 CONTINUATION frames per header block; streams the client resets before
+their answer (CVE-2023-44487, "rapid reset"), and PING, SETTINGS and PRIORITY
+frames, each counted per second: past ``EARLY_RESETS`` / ``CONTROL_FRAMES``
+the connection ends with GOAWAY (ENHANCE_YOUR_CALM). A connection with no
+stream waits ``timeouts.header`` for its first request and ``timeouts.idle``
+between them; a stream waits ``timeouts.read`` for flow-control window.
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+
+import gevent
+from gevent.lock import Semaphore
+from h2.config import H2Configuration
+from h2.connection import H2Connection
+from h2.errors import ErrorCodes
+from h2.events import (
+    ConnectionTerminated,
+    DataReceived,
+    PingReceived,
+    PriorityUpdated,
+    RemoteSettingsChanged,
+    RequestReceived,
+    StreamEnded,
+    StreamReset,
+    TrailersReceived,
+    WindowUpdated,
+)
+from h2.exceptions import ProtocolError
+from h2.settings import SettingCodes, Settings
+from hyperframe.frame import GoAwayFrame
+
+from ..http import deadline, h2head
+from ..http.request import HTTPError
+from ..http.wire import READ_SIZE
+from .h2stream import H2Stream
+
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+MAX_STREAMS = 128  # SETTINGS_MAX_CONCURRENT_STREAMS (nginx: 128)
+TABLE_SIZE = 4096  # SETTINGS_HEADER_TABLE_SIZE: the HPACK table a client may make us keep
+STREAM_WINDOW = 65535  # each stream's receive window: what one upload may have in flight
+CONNECTION_WINDOW = 1 << 20  # the whole connection's: several uploads at once
+EARLY_RESETS = 100  # streams reset by the client before their answer, per second
+CONTROL_FRAMES = 100  # PING, SETTINGS and PRIORITY frames, per second
+
+_CONFIG = H2Configuration(
+    client_side=False, header_encoding=None,
+    # Rex checks headers itself (``http.h2head``): a malformed request is a stream
+    # error there, where h2's own checks would end the whole connection.
+    validate_inbound_headers=False, normalize_inbound_headers=False,
+    # What goes out was made well formed by ``h2head.response``.
+    validate_outbound_headers=False, normalize_outbound_headers=False,
+)
+
+
+class _Calm(Exception):
+    """The client passed a flood limit: GOAWAY with ENHANCE_YOUR_CALM."""
+
+
+class _Rate:
+    """How many of something happened in the current second."""
+
+    __slots__ = ("count", "limit", "second")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.second = 0
+        self.count = 0
+
+    def over(self) -> bool:
+        now = int(time.monotonic())
+        if now != self.second:
+            self.second, self.count = now, 0
+        self.count += 1
+        return self.count > self.limit
+
+
+class H2Conn:
+    """One HTTP/2 connection: its socket, its h2 state and its open streams.
+
+    Looks enough like ``ClientConn`` for the worker's drain (``idle``,
+    ``reader``, ``keep_alive``, ``sock``); ``begin_drain`` sends GOAWAY.
+    """
+
+    def __init__(self, sock, addr, listener, ctx, early: bytes = b"") -> None:
+        self.sock = sock
+        self.addr = addr if isinstance(addr, tuple) else ("", 0)
+        self.listener = listener
+        self.ctx = ctx
+        self.h2 = H2Connection(_CONFIG)
+        limits = ctx.limits
+        self.h2.local_settings = Settings(client=False, initial_values={
+            SettingCodes.MAX_CONCURRENT_STREAMS: MAX_STREAMS,
+            SettingCodes.MAX_HEADER_LIST_SIZE: limits.header_bytes,
+            SettingCodes.HEADER_TABLE_SIZE: TABLE_SIZE,
+            SettingCodes.INITIAL_WINDOW_SIZE: STREAM_WINDOW,
+        })
+        self.limits = h2head.H2Limits(limits.header_bytes, limits.header_fields,
+                                      limits.field_bytes)
+        self.streams: dict[int, H2Stream] = {}
+        self.served = 0
+        self.idle = True  # no stream open: a draining worker may close it
+        self.reader = None  # no HTTP/1.1 parser (the drain looks)
+        self.keep_alive = True  # set False by a draining worker; GOAWAY says it here
+        self.last_stream = 0  # after GOAWAY: the highest stream still answered
+        self.going_away = False
+        self.closed = False
+        self._early = early
+        self._writing = Semaphore()
+        self._resets = _Rate(EARLY_RESETS)
+        self._control = _Rate(CONTROL_FRAMES)
+
+    # -- the connection loop ----------------------------------------------------
+    def serve(self) -> None:
+        ctx = self.ctx
+        ctx.open_connections += 1
+        try:
+            self._run()
+        except OSError:
+            pass  # the client went away or a write timed out: nothing left to tell it
+        except Exception as exc:  # connection boundary: log it, never crash the worker
+            self.log_error(f"internal error (HTTP/2): {type(exc).__name__}: {exc}\n"
+                           + traceback.format_exc().rstrip())
+        finally:
+            ctx.open_connections -= 1
+            self._close()
+
+    def _run(self) -> None:
+        h2c = self.h2
+        h2c.initiate_connection()
+        h2c.increment_flow_control_window(CONNECTION_WINDOW - 65535)
+        self.flush()
+        sock = self.sock
+        sock.settimeout(None)  # reads get a deadline (``_wait``); writes in ``flush``
+        timeouts = self.ctx.timeouts
+        first_by = time.monotonic() + timeouts.header
+        data = self._early
+        self._early = b""
+        while True:
+            if data:
+                try:
+                    events = h2c.receive_data(data)
+                    for event in events:
+                        self._event(event)
+                except ProtocolError as exc:
+                    # h2 queued GOAWAY with the error; the connection is beyond use.
+                    self.log_error(f"HTTP/2 protocol error: {exc}")
+                    self._end(None)
+                    return
+                except _Calm as exc:
+                    self.log_error(f"HTTP/2 flood: {exc}; closing")
+                    self._end(ErrorCodes.ENHANCE_YOUR_CALM)
+                    return
+                self.flush()
+            if self.going_away and not self.streams:
+                return
+            if self.streams:
+                wait = None  # each stream has its own timeouts
+            elif not self.served:
+                wait = first_by - time.monotonic()  # the first request: as HTTP/1.1's
+            else:
+                wait = timeouts.idle
+            if wait is not None and wait <= 0:
+                self._end(ErrorCodes.NO_ERROR)
+                return
+            try:
+                data = deadline.call(wait, sock.recv, READ_SIZE)
+            except TimeoutError:
+                self._end(ErrorCodes.NO_ERROR)  # idle: tell the client, then close
+                return
+            if not data:
+                return
+
+    def _event(self, event) -> None:
+        kind = type(event)
+        if kind is DataReceived:
+            stream = self.streams.get(event.stream_id)
+            if stream is None:
+                # A stream already answered or reset: its bytes still used window.
+                self._acknowledge(event.flow_controlled_length, event.stream_id)
+            else:
+                stream.arrived(event.data, event.flow_controlled_length)
+        elif kind is RequestReceived:
+            self._open(event)
+        elif kind is WindowUpdated:
+            if event.stream_id:
+                stream = self.streams.get(event.stream_id)
+                if stream is not None:
+                    stream.window_opened()
+            else:
+                self._window_opened()
+        elif kind is StreamEnded:
+            stream = self.streams.get(event.stream_id)
+            if stream is not None:
+                stream.ended()
+        elif kind is StreamReset:
+            stream = self.streams.get(event.stream_id)
+            if stream is not None:
+                if not stream.answered and self._resets.over():
+                    raise _Calm(f"more than {EARLY_RESETS} streams reset early in a second")
+                stream.reset_by_peer()
+        elif kind is TrailersReceived:
+            stream = self.streams.get(event.stream_id)
+            if stream is not None:
+                stream.got_trailers(event.headers)
+        elif kind is RemoteSettingsChanged:
+            if self._control.over():
+                raise _Calm(f"more than {CONTROL_FRAMES} control frames in a second")
+            if SettingCodes.INITIAL_WINDOW_SIZE in event.changed_settings:
+                self._window_opened()
+        elif kind is PingReceived or kind is PriorityUpdated:
+            if self._control.over():
+                raise _Calm(f"more than {CONTROL_FRAMES} control frames in a second")
+        elif kind is ConnectionTerminated:
+            # h2 sends nothing after the client's GOAWAY: streams still open are cut.
+            self.going_away = True
+            for stream in list(self.streams.values()):
+                stream.reset_by_peer()
+
+    def _open(self, event: RequestReceived) -> None:
+        sid = event.stream_id
+        if self.going_away or len(self.streams) >= MAX_STREAMS:
+            # After GOAWAY, or past the limit the client was told (and may not have
+            # acknowledged yet): never started, so safe to retry (RFC 9113 §8.7).
+            self.h2.reset_stream(sid, ErrorCodes.REFUSED_STREAM)
+            return
+        listener = self.listener
+        try:
+            req = h2head.request(event.headers, event.stream_ended is not None, self.limits,
+                                 self.addr[:2], listener.port, listener.scheme)
+        except h2head.Malformed as exc:
+            self.log_error(f"malformed HTTP/2 request: {exc.reason}")
+            self.ctx.access_raw(self.addr[0], 400)
+            self.h2.reset_stream(sid, ErrorCodes.PROTOCOL_ERROR)
+            return
+        except HTTPError as exc:
+            req = None
+            error = exc
+        else:
+            error = None
+            # Rex checks Content-Length against the DATA itself (a stream error);
+            # h2's own check would end the connection.
+            h2_stream = self.h2.streams.get(sid)
+            if h2_stream is not None:
+                h2_stream._expected_content_length = None
+        stream = H2Stream(self, sid, req, error)
+        self.streams[sid] = stream
+        self.idle = False
+        stream.greenlet = gevent.spawn(stream.run)
+
+    def finished(self, stream: H2Stream) -> None:
+        """A stream's greenlet is done: forget it, give back its unread window."""
+        self.streams.pop(stream.sid, None)
+        self.served += 1
+        if not self.streams:
+            self.idle = True
+            if self.going_away:
+                # The last stream after GOAWAY: wake the loop, which then ends.
+                shutdown_read(self.sock)
+
+    # -- flow control ----------------------------------------------------------
+    def _window_opened(self) -> None:
+        for stream in self.streams.values():
+            stream.window_opened()
+
+    def _acknowledge(self, size: int, sid: int) -> None:
+        if size:
+            self.h2.acknowledge_received_data(size, sid)
+
+    # -- writing ---------------------------------------------------------------
+    def flush(self) -> None:
+        """Send every frame h2 has queued; one writer at a time, in h2's order.
+
+        Frames made while another greenlet sends stay queued in h2 and go with the
+        next flush (the lock's next holder takes them all). Each send waits at most
+        ``timeouts.read`` for a client that does not read.
+        """
+        if self.closed:
+            raise ConnectionResetError("HTTP/2 connection closed")
+        with self._writing:
+            data = self.h2.data_to_send()
+            if data:
+                deadline.call(self.ctx.timeouts.read, self.sock.sendall, data)
+
+    def _end(self, code: ErrorCodes | None) -> None:
+        """GOAWAY (h2's own after a protocol error: ``code`` None) and stop."""
+        if code is not None and not self.closed:
+            self.h2.close_connection(code)
+        try:
+            self.flush()
+        except OSError:
+            pass
+
+    def begin_drain(self) -> None:
+        """The worker drains: GOAWAY now, the streams open finish, then the connection ends.
+
+        h2 stops sending anything after its own GOAWAY, so this one is written
+        beside it: streams up to the last one opened still send their answers.
+        """
+        if self.going_away or self.closed:
+            return
+        self.going_away = True
+        frame = GoAwayFrame(0)
+        frame.last_stream_id = self.last_stream = self.h2.highest_inbound_stream_id
+        frame.error_code = ErrorCodes.NO_ERROR
+        gevent.spawn(self._send_goaway, frame.serialize())
+
+    def _send_goaway(self, frame: bytes) -> None:
+        try:
+            with self._writing:
+                data = self.h2.data_to_send() + frame
+                deadline.call(self.ctx.timeouts.read, self.sock.sendall, data)
+        except OSError:
+            return
+        if not self.streams:
+            shutdown_read(self.sock)
+
+    # -- closing ---------------------------------------------------------------------
+    def _close(self) -> None:
+        self.closed = True
+        for stream in list(self.streams.values()):
+            stream.connection_lost()
+        self.streams.clear()
+        self.sock.close()
+
+    def local_address(self) -> str:
+        try:
+            return str(self.sock.getsockname()[0])
+        except (OSError, IndexError, TypeError):
+            return "localhost"
+
+    def log_error(self, message: str) -> None:
+        self.ctx.log_error(f"{self.addr[0]}: {message}")
+
+
+def shutdown_read(sock) -> None:
+    """Wake the connection's read with EOF (its loop then sees it may end)."""
+    try:
+        sock.shutdown(0)  # SHUT_RD
+    except OSError:
+        pass
