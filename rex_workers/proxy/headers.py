@@ -38,7 +38,7 @@ _REQUEST_SPECIAL = HOP_BY_HOP | FORWARDING | {b"host", b"via", b"expect", b"max-
 # the connection returns the request's X-Request-ID itself.
 _RESPONSE_SPECIAL = HOP_BY_HOP | {b"via", b"location", b"date", b"x-accel-buffering",
                                   b"x-request-id"}
-_VIA = {"1.1": b"1.1 rex", "1.0": b"1.0 rex"}
+_VIA = {"1.1": b"1.1 rex", "1.0": b"1.0 rex", "2.0": b"2.0 rex"}  # RFC 9110 §7.6.3
 # RFC 9110 §9.3.8: the final recipient of a TRACE leaves out what may be secret.
 _TRACE_HIDDEN = frozenset({b"authorization", b"proxy-authorization", b"cookie"})
 DEFAULT_ALLOW = b"GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS, TRACE"

@@ -43,11 +43,12 @@ from h2.events import (
 )
 from h2.exceptions import ProtocolError
 from h2.settings import SettingCodes, Settings
-from hyperframe.frame import GoAwayFrame
+from hyperframe.frame import GoAwayFrame, SettingsFrame
 
 from ..http import deadline, h2head
 from ..http.request import HTTPError
 from ..http.wire import READ_SIZE
+from .conn import LINGER_TIME
 from .h2stream import H2Stream
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
@@ -104,8 +105,10 @@ class H2Conn:
         self.ctx = ctx
         self.h2 = H2Connection(_CONFIG)
         limits = ctx.limits
+        # MAX_CONCURRENT_STREAMS is not among h2's settings: h2 would end the whole
+        # connection past it, where RFC 9113 §5.1.2 wants the one stream refused. It
+        # goes out in a SETTINGS frame of Rex's own (``_run``) and ``_open`` holds it.
         self.h2.local_settings = Settings(client=False, initial_values={
-            SettingCodes.MAX_CONCURRENT_STREAMS: MAX_STREAMS,
             SettingCodes.MAX_HEADER_LIST_SIZE: limits.header_bytes,
             SettingCodes.HEADER_TABLE_SIZE: TABLE_SIZE,
             SettingCodes.INITIAL_WINDOW_SIZE: STREAM_WINDOW,
@@ -144,7 +147,9 @@ class H2Conn:
         h2c = self.h2
         h2c.initiate_connection()
         h2c.increment_flow_control_window(CONNECTION_WINDOW - 65535)
-        self.flush()
+        limit = SettingsFrame(0)
+        limit.settings = {SettingCodes.MAX_CONCURRENT_STREAMS: MAX_STREAMS}
+        self.flush(limit.serialize())
         sock = self.sock
         sock.settimeout(None)  # reads get a deadline (``_wait``); writes in ``flush``
         timeouts = self.ctx.timeouts
@@ -283,8 +288,9 @@ class H2Conn:
             self.h2.acknowledge_received_data(size, sid)
 
     # -- writing ---------------------------------------------------------------
-    def flush(self) -> None:
-        """Send every frame h2 has queued; one writer at a time, in h2's order.
+    def flush(self, extra: bytes = b"") -> None:
+        """Send every frame h2 has queued (and ``extra``, frames of Rex's own after them);
+        one writer at a time, in h2's order.
 
         Frames made while another greenlet sends stay queued in h2 and go with the
         next flush (the lock's next holder takes them all). Each send waits at most
@@ -293,18 +299,30 @@ class H2Conn:
         if self.closed:
             raise ConnectionResetError("HTTP/2 connection closed")
         with self._writing:
-            data = self.h2.data_to_send()
+            data = self.h2.data_to_send() + extra
             if data:
                 deadline.call(self.ctx.timeouts.read, self.sock.sendall, data)
 
     def _end(self, code: ErrorCodes | None) -> None:
-        """GOAWAY (h2's own after a protocol error: ``code`` None) and stop."""
+        """GOAWAY (h2's own after a protocol error: ``code`` None) and stop.
+
+        After an error the client may still be sending: its bytes are read and
+        dropped for a while, as HTTP/1.1's lingering close does, so that the
+        kernel does not answer them with a reset that destroys the GOAWAY.
+        """
         if code is not None and not self.closed:
             self.h2.close_connection(code)
         try:
             self.flush()
+            if code is not ErrorCodes.NO_ERROR:
+                sock = self.sock
+                sock.shutdown(1)  # SHUT_WR: the GOAWAY is all we had to say
+                give_up = time.monotonic() + LINGER_TIME
+                while (left := give_up - time.monotonic()) > 0:
+                    if not deadline.call(left, sock.recv, READ_SIZE):
+                        break
         except OSError:
-            pass
+            pass  # gone, or lingered long enough
 
     def begin_drain(self) -> None:
         """The worker drains: GOAWAY now, the streams open finish, then the connection ends.
@@ -322,9 +340,7 @@ class H2Conn:
 
     def _send_goaway(self, frame: bytes) -> None:
         try:
-            with self._writing:
-                data = self.h2.data_to_send() + frame
-                deadline.call(self.ctx.timeouts.read, self.sock.sendall, data)
+            self.flush(frame)
         except OSError:
             return
         if not self.streams:
