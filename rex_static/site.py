@@ -7,7 +7,9 @@ what to do (``resolve``: which file or refusal; ``negotiate``: which encoding;
 small bodies as bytes, large ones as a ``FileRegion`` the connection sends
 with sendfile (``sendfile.py``). Small files (≤ ``SMALL_FILE``) and every
 file's header fields are kept in a short-lived cache, so a hot file costs no
-system call but the send.
+system call but the send; a small file's plain GET or HEAD (no preconditions,
+no Range, no filters) is answered from its ready response (``ready.py``)
+before any other work.
 
 The connection owns the request: its body, framing, keep-alive, timeouts and
 the access log. ``handle`` and ``fallback`` each hand over one whole response
@@ -31,6 +33,7 @@ from .conditional import NOT_MODIFIED, NOT_SATISFIABLE, OK, PARTIAL, Outcome, ev
 from .files import EXHAUSTED, Changed, FileSystem, identity
 from .mime import content_type
 from .negotiate import SUFFIXES, choose_encoding
+from .ready import HEAD_START, HotFile, Ready, SecondDate
 from .representation import Representation, content_range, describe
 from .resolve import (
     FILE,
@@ -69,6 +72,7 @@ _FALLBACK_KEY = ("fallback",)  # cache key of the SPA document; paths are str, n
 class Variant:
     node: Node
     rep: Representation
+    ready: Ready | None = None  # a small file's 200, rendered (``ready.py``)
 
 
 @dataclass(slots=True)
@@ -76,10 +80,12 @@ class Target:
     """A file ready to serve: the plain variant (key None) and precompressed ones."""
 
     variants: dict[str | None, Variant]
+    hot: str | None = None  # the request path of its HotFile, if it has one
 
     @property
     def cached_bytes(self) -> int:
-        return sum(len(v.rep.content or b"") for v in self.variants.values())
+        return sum(len(v.rep.content or b"") + (v.ready.size if v.ready else 0)
+                   for v in self.variants.values())
 
 
 class StaticSite:
@@ -88,7 +94,11 @@ class StaticSite:
         self.root = os.path.realpath(root)  # "public" may itself be a symlink
         self.opts = opts
         self.fs = FileSystem(self.root, opts.follow_symlinks)
-        self.cache = TTLCache(CACHE_TTL, CACHE_ENTRIES, CACHE_BYTES, clock)
+        self.clock = clock
+        self.cache = TTLCache(CACHE_TTL, CACHE_ENTRIES, CACHE_BYTES, clock, self._dropped)
+        # Request path -> HotFile: the small files a plain GET/HEAD gets from memory.
+        self.hot: dict[str, HotFile] = {}
+        self.date = SecondDate()
         self._responders = {
             Refuse: self._refuse,
             Redirect: self._redirect,
@@ -106,6 +116,21 @@ class StaticSite:
         req = stream.request
         if req.method not in _METHODS:
             return False
+        hot = self.hot.get(req.path)
+        if hot is not None:
+            # The fast lane (``ready.py``): a path vetted and resolved within the TTL,
+            # with the same raw spelling and mount, asked without preconditions or a
+            # Range (``conditional`` is False only where the fast lane saw the whole
+            # head), and no filter to see the response: the ready bytes, one send.
+            now = self.clock()
+            if now < hot.expires and req.raw_path == hot.raw and mount_segments == hot.mount \
+                    and not req.conditional and not stream.filters:
+                ready = hot.single or hot.ready[choose_encoding(req.header(b"accept-encoding"),
+                                                                hot.ready)]
+                date = self.date.value if now < self.date.until else self.date.tick(now)
+                stream.respond_ready(200, HEAD_START + date + ready.fields, ready.body,
+                                     ready.length)
+                return True
         # req.path comes normalised from the handler; it is checked again here so
         # that no single bug there can open the file system.
         problem = path_problem(req.path)
@@ -128,7 +153,10 @@ class StaticSite:
             return True
         if decision is None:
             return False
-        if mount:
+        if type(decision) is Target:
+            if decision.hot is None:
+                self._make_hot(decision, req.path, req.raw_path, mount_segments, path)
+        elif mount:
             decision = remount(decision, mount)
         return self._responders[type(decision)](stream, decision, path) is not False
 
@@ -166,6 +194,30 @@ class StaticSite:
         self.cache.put(key, decision)
         return decision
 
+    def _make_hot(self, target: Target, path: str, raw: bytes, mount: int,
+                  key: Hashable) -> None:
+        """Answer plain requests for ``path`` from ``target``'s ready responses from now on.
+
+        Only for a path spelt as it is meant (the raw path is the normalised one:
+        one entry per file, not one per spelling a client can invent), and only
+        when every representation is in memory.
+        """
+        expires = self.cache.expires(key)
+        if expires is None or raw != path.encode("utf-8"):
+            return
+        ready = {coding: v.ready for coding, v in target.variants.items()}
+        if None in ready.values():
+            return
+        target.hot = path
+        self.hot[path] = HotFile(expires, raw, mount, ready, target)
+
+    def _dropped(self, value: object) -> None:
+        """The cache let ``value`` go: so does the fast lane (``TTLCache.on_drop``)."""
+        if type(value) is Target and value.hot is not None:
+            hot = self.hot.get(value.hot)
+            if hot is not None and hot.target is value:
+                del self.hot[value.hot]
+
     def _target(self, file: File, stale: Target | None) -> Target:
         nodes: dict[str | None, Node] = {None: file.node}
         if self.opts.precompressed:
@@ -185,11 +237,14 @@ class StaticSite:
         ident = identity(node.stat)
         if old is not None and old.rep.identity == ident and old.rep.vary == vary \
                 and old.rep.real == node.real:
-            return Variant(node, old.rep)  # unchanged: keep its head lines and bytes
+            return Variant(node, old.rep, old.ready)  # unchanged: keep its head and bytes
         rep = self._describe(node, node.stat, ctype, coding, vary)
+        ready = None
         if rep.size <= SMALL_FILE:
             rep.content = self.fs.read_small(node, SMALL_FILE)
-        return Variant(node, rep)
+            if rep.content is not None:
+                ready = Ready(rep.validator_fields + rep.content_fields, rep.content)
+        return Variant(node, rep, ready)
 
     def _describe(self, node: Node, st: os.stat_result, ctype: bytes, coding: str | None,
                   vary: bool) -> Representation:

@@ -23,6 +23,7 @@ CLOSE = "close"  # HTTP/1.0 clients when the length is unknown: the close ends i
 LAST_CHUNK = b"0\r\n\r\n"
 _CLOSE = b"Connection: close\r\n"
 _KEEP_ALIVE = b"Connection: keep-alive\r\n"  # HTTP/1.0 clients close unless told
+CLOSE_LINE, KEEP_ALIVE_LINE = _CLOSE, _KEEP_ALIVE  # for heads rendered ahead (respond_ready)
 _STATUS_LINES: dict[tuple[int, bytes], bytes] = {}
 _FIELD = b": ".join  # (name, value) -> b"name: value"
 
