@@ -151,11 +151,17 @@ def rex_static(port: int, root: str) -> str:
     return _rex({"port": port, "public": root})
 
 
-def rex_wsgi(port: int, app: str, pythonpath: str) -> str:
-    """One ``wsgi:`` route for the whole site, the app imported from ``pythonpath``."""
+def rex_wsgi(port: int, app: str, pythonpath: str, as_root: bool = False) -> str:
+    """One ``wsgi:`` route for the whole site, the app imported from ``pythonpath``.
+
+    ``as_root``: the bench runs as root, and Rex refuses to run an app as root
+    unless told to (``user: root``); gunicorn, the other side, would run it so.
+    """
     config = json.loads(_rex({"port": port,
                               "routes": [{"path": "/", "destination": f"wsgi:{app}"}]}))
     config["pythonpath"] = [pythonpath]
+    if as_root:
+        config["user"] = "root"
     return json.dumps(config, indent=2) + "\n"
 
 

@@ -122,7 +122,8 @@ class Lab:
         (port,) = free_ports(1)
         try:
             if product == "rex":
-                server = self._start_rex(f"{name}-wsgi", configs.rex_wsgi(port, app, REPO), port)
+                text = configs.rex_wsgi(port, app, REPO, as_root=os.geteuid() == 0)
+                server = self._start_rex(f"{name}-wsgi", text, port)
             else:
                 env = dict(os.environ)
                 env["PYTHONPATH"] = os.pathsep.join(filter(None, [REPO, env.get("PYTHONPATH")]))

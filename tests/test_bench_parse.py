@@ -279,5 +279,7 @@ def test_rex_wsgi_config_is_what_rex_accepts(tmp_path):
     config = load_config(str(path))
     assert config.workers == 1 and config.pythonpath == (str(ROOT),)
     assert config.instances[0].routes[0].wsgi == WSGI_APP
+    path.write_text(configs.rex_wsgi(18004, WSGI_APP, str(ROOT), as_root=True))
+    assert load_config(str(path)).user == "root"
     argv = configs.gunicorn_argv("python", 18005, WSGI_APP)
     assert argv[-1] == WSGI_APP and "127.0.0.1:18005" in argv and argv[3:5] == ["-k", "gevent"]
