@@ -33,7 +33,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 @dataclass(frozen=True)
 class Scenario:
     name: str
-    site: str  # "proxy" or "static"
+    site: str  # "proxy", "static", "wsgi" or "relay"
     path: str
     size: int
 
@@ -42,6 +42,8 @@ SCENARIOS = (
     Scenario("proxied 13 B", "proxy", "/13b.bin", 13),
     Scenario("static 1 KiB", "static", "/1k.bin", 1024),
     Scenario("proxied 64 KiB", "proxy", "/64k.bin", 64 * 1024),
+    # A WSGI hello (bench/wsgi_hello.py) from a ``wsgi:`` route, in-process.
+    Scenario("WSGI hello 13 B", "wsgi", "/", 13),
     # The floor: the same request through the bare relay (``bench/relay.py``).
     Scenario("bare relay 13 B", "relay", "/13b.bin", 13),
 )
@@ -113,7 +115,7 @@ def _free_port() -> int:
 
 
 class Worker:
-    """A Rex worker in this process: one proxy instance, one static instance."""
+    """A Rex worker in this process: a proxy, a static and a WSGI instance."""
 
     def __init__(self, workdir: str, upstream_port: int) -> None:
         from gevent.server import StreamServer
@@ -127,7 +129,8 @@ class Worker:
         _files(www)
         from bench import relay
 
-        self.ports = {"proxy": _free_port(), "static": _free_port(), "relay": _free_port()}
+        self.ports = {"proxy": _free_port(), "static": _free_port(), "wsgi": _free_port(),
+                      "relay": _free_port()}
         path = os.path.join(workdir, "rex.yaml")
         with open(path, "w") as f:
             f.write(f"""\
@@ -136,6 +139,9 @@ server:
     - {{host: 127.0.0.1, port: {self.ports["proxy"]},
        routes: [{{path: /, destination: "http://127.0.0.1:{upstream_port}"}}]}}
     - {{host: 127.0.0.1, port: {self.ports["static"]}, public: "{www}"}}
+    - {{host: 127.0.0.1, port: {self.ports["wsgi"]},
+       routes: [{{path: /, destination: "wsgi:bench.wsgi_hello:app"}}]}}
+pythonpath: ["{REPO}"]
 logging: {{access: off}}
 workers: 1
 """)

@@ -149,3 +149,22 @@ def rex_gzip_proxy(port: int, backend_port: int, level: int, types: Sequence[str
 
 def rex_static(port: int, root: str) -> str:
     return _rex({"port": port, "public": root})
+
+
+def rex_wsgi(port: int, app: str, pythonpath: str, as_root: bool = False) -> str:
+    """One ``wsgi:`` route for the whole site, the app imported from ``pythonpath``.
+
+    ``as_root``: the bench runs as root, and Rex refuses to run an app as root
+    unless told to (``user: root``); gunicorn, the other side, would run it so.
+    """
+    config = json.loads(_rex({"port": port,
+                              "routes": [{"path": "/", "destination": f"wsgi:{app}"}]}))
+    config["pythonpath"] = [pythonpath]
+    if as_root:
+        config["user"] = "root"
+    return json.dumps(config, indent=2) + "\n"
+
+
+def gunicorn_argv(python: str, port: int, app: str) -> list[str]:
+    """gunicorn with its defaults but for the gevent worker class, one worker, loopback."""
+    return [python, "-m", "gunicorn", "-k", "gevent", "-w", "1", "-b", f"127.0.0.1:{port}", app]

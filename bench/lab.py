@@ -116,6 +116,27 @@ class Lab:
         system.ports["proxy"] = port
         return system
 
+    def start_wsgi(self, name: str, product: str, app: str) -> System:
+        """``app`` served by ``product`` ("rex": a ``wsgi:`` route, or "gunicorn") as "wsgi"."""
+        system = System(name)
+        (port,) = free_ports(1)
+        try:
+            if product == "rex":
+                text = configs.rex_wsgi(port, app, REPO, as_root=os.geteuid() == 0)
+                server = self._start_rex(f"{name}-wsgi", text, port)
+            else:
+                env = dict(os.environ)
+                env["PYTHONPATH"] = os.pathsep.join(filter(None, [REPO, env.get("PYTHONPATH")]))
+                server = Server(f"{name}-wsgi", configs.gunicorn_argv(sys.executable, port, app),
+                                os.path.join(self.dir, f"{name}-wsgi.log"), cwd=REPO, env=env)
+                self._start(server, port)
+        except StartError as exc:
+            system.failed["wsgi"] = str(exc)
+            return system
+        system.servers["wsgi"] = server
+        system.ports["wsgi"] = port
+        return system
+
     def _nginx_config(self, label: str, site: str, port: int) -> str:
         if site == "proxy":
             return configs.nginx_proxy(self.dir, label, port, self.backend_port)

@@ -55,7 +55,7 @@ class Scenario:
     key: str
     label: str
     site: str  # "proxy": through the proxy to the backend; "static": from the root;
-    # "gzip": through the proxy with gzip on
+    # "gzip": through the proxy with gzip on; "wsgi": the WSGI hello app
     path: str
     connections: int
     metric: str  # REQS or MBPS
@@ -65,6 +65,15 @@ class Scenario:
     @property
     def size(self) -> int:
         return FILES[self.path.lstrip("/")]
+
+
+# The WSGI row (issue 18): Rex's ``wsgi:`` route against ``gunicorn -k gevent -w 1``
+# (its defaults) serving the same app, ``bench/wsgi_hello.py``; judged on Rex/gunicorn
+# req/s and on Rex's own p99.
+WSGI_SCENARIO = Scenario("wsgi_hello", "WSGI hello (13 B)", "wsgi", "/", 64, REQS,
+                         Target(">=", 2.5))
+WSGI_P99_TARGET = Target("<=", 20.0, "ms")
+WSGI_APP = "bench.wsgi_hello:app"
 
 
 # Small bodies measure per-request cost (req/s) with many connections; large

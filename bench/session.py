@@ -17,7 +17,7 @@ import subprocess
 import sys
 from dataclasses import asdict, dataclass, field
 
-from . import idle, report, routes
+from . import idle, report, routes, wsgirow
 from .lab import REPO, Lab, System
 from .procs import Server, StartError
 from .scenarios import (
@@ -31,6 +31,8 @@ from .scenarios import (
     ROUTE_COUNTS,
     ROUTES_TARGET,
     SCENARIOS,
+    WSGI_APP,
+    WSGI_SCENARIO,
     Scenario,
 )
 from .wrk import WrkOutputError, WrkResult, command, parse
@@ -85,6 +87,8 @@ class Session:
         if systems:
             self._rounds(systems, results)
             self._floor(systems[0], results)
+            if not calibrate:
+                self._wsgi(results)
             if measure_idle:
                 self._idle(systems, results, nofile)
         self._routes(results)
@@ -223,6 +227,37 @@ class Session:
             f"bare relay {scenario.label}", "req/s", ref, floor,
             floor / ref if ref and floor else None,
             note="a 40-line gevent relay (bench/relay.py), no checks: the floor under Rex"))
+
+    def _wsgi(self, results: Results) -> None:
+        """The WSGI row: Rex's ``wsgi:`` route against gunicorn, alternated like the rounds."""
+        scenario = WSGI_SCENARIO
+        if not wsgirow.have_gunicorn():
+            why = (f"skipped: gunicorn is not installed for {sys.executable} "
+                   f"({wsgirow.GUNICORN_HINT}; a bench-only tool, not a Rex dependency)")
+            log(f"{scenario.label}: {why}")
+            results.rows.extend(wsgirow.skipped_rows(why))
+            return
+        log(f"{scenario.label}: Rex vs gunicorn -k gevent, {self.rounds} round(s)")
+        systems = [self.lab.start_wsgi(wsgirow.REFERENCE, "gunicorn", WSGI_APP),
+                   self.lab.start_wsgi(results.contender, "rex", WSGI_APP)]
+        for system in systems:
+            why = system.failed.get("wsgi") or wsgirow.check(system.ports["wsgi"])
+            if why:
+                results.problems.append(f"{system.name} ({scenario.label}): {why}")
+                system.broken[scenario.key] = why
+
+        def run(system: System) -> WrkResult | None:
+            result = self._wrk(system, scenario, self.duration, results)
+            if result is not None:
+                log(f"{scenario.label:<17} {system.name:<8} {_figure(result, scenario)}")
+            return result
+
+        if self.warmup:
+            for system in systems:
+                self._wrk(system, scenario, WARMUP_SECONDS, results)
+        figures = wsgirow.alternate(systems, self.rounds, run)
+        results.samples[scenario.key] = figures
+        results.rows.extend(wsgirow.rows(figures, results.contender))
 
     def _calls(self, results: Results) -> None:
         """Python calls per request in an in-process worker (``bench/calls.py``): counted

@@ -241,3 +241,45 @@ def test_nginx_configs_pass_nginx_t(tmp_path):
         argv = configs.nginx_argv(nginx, str(tmp_path), name)
         check = subprocess.run([*argv[:-2], "-t"], capture_output=True, text=True, timeout=30)
         assert check.returncode == 0, check.stderr
+
+
+def test_wsgi_row_is_rex_over_gunicorn_and_rex_own_p99():
+    from bench import wsgirow
+
+    figures = {"gunicorn": [run(100, 300.0), run(120, 150.0)],
+               "rex": [run(300, 9.0), run(280, 12.0)]}
+    throughput, p99 = wsgirow.rows(figures, "rex")
+    assert (throughput.reference, throughput.contender) == (110, 290)
+    assert throughput.ratio == pytest.approx(290 / 110)
+    assert throughput.result == report.PASS  # >= 2.5x
+    assert "gunicorn" in throughput.note
+    assert (p99.reference, p99.contender, p99.result) == (225.0, 10.5, report.PASS)  # <= 20 ms
+    slow = wsgirow.rows({"gunicorn": [run(100, 300.0)], "rex": [run(200, 25.0)]}, "rex")
+    assert [row.result for row in slow] == [report.FAIL, report.FAIL]
+    (skipped,) = wsgirow.skipped_rows("skipped: gunicorn is not installed")
+    assert not report.failed([skipped])  # an optional tool missing fails nothing
+
+
+def test_wsgi_row_alternates_like_the_rounds():
+    from bench import wsgirow
+
+    order = []
+    figures = wsgirow.alternate([type("S", (), {"name": n}) for n in ("a", "b")], 3,
+                                lambda s: order.append(s.name) or s.name)
+    assert order == ["a", "b", "b", "a", "a", "b"]
+    assert figures == {"a": ["a"] * 3, "b": ["b"] * 3}
+
+
+def test_rex_wsgi_config_is_what_rex_accepts(tmp_path):
+    from bench.scenarios import WSGI_APP
+    from rex_workers.config.loader import load_config
+
+    path = tmp_path / "wsgi.yaml"
+    path.write_text(configs.rex_wsgi(18004, WSGI_APP, str(ROOT)))
+    config = load_config(str(path))
+    assert config.workers == 1 and config.pythonpath == (str(ROOT),)
+    assert config.instances[0].routes[0].wsgi == WSGI_APP
+    path.write_text(configs.rex_wsgi(18004, WSGI_APP, str(ROOT), as_root=True))
+    assert load_config(str(path)).user == "root"
+    argv = configs.gunicorn_argv("python", 18005, WSGI_APP)
+    assert argv[-1] == WSGI_APP and "127.0.0.1:18005" in argv and argv[3:5] == ["-k", "gevent"]

@@ -54,30 +54,69 @@ def url_scheme(req: Request, trusted: bool) -> str:
     return first.decode("latin-1") if first in (b"http", b"https") else req.scheme
 
 
-def header_vars(headers: Iterable[tuple[bytes, bytes]], trusted: bool) -> dict[str, str]:
+# What every environ holds whatever the request: a route's copy is made once
+# (``base_environ``) and each request's environ starts from it.
+_CONSTANT: dict[str, Any] = {
+    "SERVER_SOFTWARE": "rex",
+    "wsgi.version": (1, 0),
+    "wsgi.run_once": False,
+    # Greenlets interleave like threads once the worker is monkey-patched.
+    "wsgi.multithread": True,
+    "wsgi.multiprocess": True,
+    # Our input returns EOF at the end of the body, chunked or not, so apps
+    # (Werkzeug) may read a body that has no Content-Length.
+    "wsgi.input_terminated": True,
+}
+
+# Field name as received -> its environ key, or None for a field the environ never
+# carries. Learnt once per spelling, so a request's fields cost a lookup each, not
+# lower/decode/upper/replace. Clients choose the names: the table stops growing at
+# _KEYS_MAX and later names are worked out every time instead.
+_KEYS: dict[bytes, str | None] = {}
+_KEYS_MAX = 1024
+_FORWARDED_KEYS = frozenset("HTTP_" + n.decode().upper().replace("-", "_") for n in _FORWARDED)
+
+
+def base_environ(**constant: Any) -> dict[str, Any]:
+    """The part of the environ that is the same for every request of a route."""
+    return {**_CONSTANT, **constant}
+
+
+def _key(name: bytes) -> str | None:
+    """The environ key for a field named ``name``; None when the field is left out."""
+    lname = name.lower()
+    if b"_" in lname or lname in _SPECIAL:
+        key = "CONTENT_TYPE" if lname == b"content-type" else None
+    else:
+        key = "HTTP_" + lname.decode("latin-1").upper().replace("-", "_")
+    if len(_KEYS) < _KEYS_MAX:
+        _KEYS[name] = key
+    return key
+
+
+def header_vars(headers: Iterable[tuple[bytes, bytes]], trusted: bool,
+                out: dict[str, Any] | None = None) -> dict[str, Any]:
     """The ``HTTP_*`` variables (and CONTENT_TYPE) for the request's header fields.
 
+    Added to ``out`` when given (an environ being built), else to a new dict.
     Repeated fields are joined with ", " (RFC 9110 §5.3), cookies with "; "
     (RFC 6265 §5.4). Names containing "_" are dropped: "X-User_Id" and
     "X-User-Id" would both become HTTP_X_USER_ID, so a client could spoof a
-    field a front proxy set (nginx and Apache drop them too).
+    field a front proxy set (nginx and Apache drop them too). CONTENT_LENGTH
+    comes from the parsed framing, not the raw field.
     """
-    out: dict[str, str] = {}
+    if out is None:
+        out = {}
+    keys = _KEYS
     for name, value in headers:
-        lname = name.lower()
-        if b"_" in lname or lname == b"proxy" or (lname in _FORWARDED and not trusted):
+        key = keys[name] if name in keys else _key(name)
+        if key is None or (not trusted and key in _FORWARDED_KEYS):
             continue
-        if lname in _SPECIAL:
-            if lname == b"content-type":
-                out["CONTENT_TYPE"] = value.decode("latin-1")
-            continue  # CONTENT_LENGTH comes from the parsed framing, not the raw field
-        key = "HTTP_" + lname.decode("latin-1").upper().replace("-", "_")
-        text = value.decode("latin-1")
-        if key in out:
-            sep = "; " if lname == b"cookie" else ", "
-            out[key] = out[key] + sep + text
+        if key in out and key != "CONTENT_TYPE":  # a repeated Content-Type: the last wins
+            sep = "; " if key == "HTTP_COOKIE" else ", "
+            out[key] = out[key] + sep + value.decode("latin-1")
         else:
-            out[key] = text
+            out[key] = value.decode("latin-1")
     return out
 
 
@@ -88,39 +127,44 @@ def build_environ(
     trusted: bool,
     server_name: str,
     wsgi: dict[str, Any],
+    base: dict[str, Any] = _CONSTANT,
 ) -> dict[str, Any]:
-    """The whole environ. ``wsgi`` supplies the ``wsgi.*`` objects (input, errors, ...)."""
-    script_name, path_info = split_path(req.path, strip_segments)
+    """The whole environ: ``base`` (see ``base_environ``) and this request's part.
+
+    ``wsgi`` supplies the per-request ``wsgi.*`` objects (input, errors, ...).
+    """
+    path = req.path
+    if strip_segments:
+        script_name, path = split_path(path, strip_segments)
+        script_name = wsgi_str(script_name)
+    else:
+        script_name = ""
     target = req.target.decode("latin-1")
+    scheme = req.scheme
+    if trusted and scheme != "https":
+        scheme = url_scheme(req, trusted)
+    client_ip, client_port = req.client_addr
     environ: dict[str, Any] = {
+        **base,
         "REQUEST_METHOD": req.method,
-        "SCRIPT_NAME": wsgi_str(script_name),
-        "PATH_INFO": wsgi_str(path_info),
-        "QUERY_STRING": req.query.decode("latin-1"),
+        "SCRIPT_NAME": script_name,
+        "PATH_INFO": path if path.isascii() else wsgi_str(path),
+        "QUERY_STRING": req.query.decode("latin-1") if req.query else "",
         "SERVER_NAME": server_name,
         "SERVER_PORT": str(req.server_port),
-        "SERVER_PROTOCOL": f"HTTP/{req.version}",
-        "SERVER_SOFTWARE": "rex",
-        "REMOTE_ADDR": req.client_addr[0],
-        "REMOTE_PORT": str(req.client_addr[1]),
+        "SERVER_PROTOCOL": "HTTP/1.1" if req.version == "1.1" else f"HTTP/{req.version}",
+        "REMOTE_ADDR": client_ip,
+        "REMOTE_PORT": str(client_port),
         # The undecoded target, as gunicorn (RAW_URI) and uWSGI (REQUEST_URI) offer it.
         "RAW_URI": target,
         "REQUEST_URI": target,
-        "wsgi.version": (1, 0),
-        "wsgi.url_scheme": url_scheme(req, trusted),
-        "wsgi.run_once": False,
-        # Greenlets interleave like threads once the worker is monkey-patched.
-        "wsgi.multithread": True,
-        "wsgi.multiprocess": True,
-        # Our input returns EOF at the end of the body, chunked or not, so apps
-        # (Werkzeug) may read a body that has no Content-Length.
-        "wsgi.input_terminated": True,
+        "wsgi.url_scheme": scheme,
+        **wsgi,  # "wsgi.*" keys: no field or CGI variable below can overwrite them
     }
-    environ.update(header_vars(req.headers, trusted))
+    header_vars(req.headers, trusted, environ)
     if req.request_id:  # Rex's id for the request, whatever the client sent
         environ["HTTP_X_REQUEST_ID"] = req.request_id.decode("latin-1")
     # PEP 3333 / CGI: CONTENT_LENGTH is absent when the length is unknown (chunked).
     if req.content_length is not None and not req.chunked:
         environ["CONTENT_LENGTH"] = str(req.content_length)
-    environ.update(wsgi)
     return environ

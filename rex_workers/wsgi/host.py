@@ -23,22 +23,24 @@ from ..http.h1write import has_body
 from ..http.message import FileRegion, Response, Stream
 from ..http.pages import http_date
 from ..http.request import Abort, HTTPError, printable
-from .environ import build_environ
+from .environ import base_environ, build_environ
 from .files import FileWrapper
-from .input import ErrorStream, Input
+from .input import NO_BODY, ErrorStream, Input
 from .load import App, extend_sys_path, load_app, load_route_app
 from .response import Head, WSGIResponseError, fields, parse_head
 
 
 class _Mount:
-    """One route's app and its optional concurrency cap."""
+    """One route's app, its optional concurrency cap and the constant part of its environ."""
 
-    __slots__ = ("app", "label", "pool")
+    __slots__ = ("app", "environ", "label", "pool")
 
-    def __init__(self, spec: str, app: App, pool: int | None) -> None:
+    def __init__(self, spec: str, app: App, pool: int | None, multiprocess: bool) -> None:
         self.app = app
         self.label = f"wsgi:{spec}"
         self.pool = BoundedSemaphore(pool) if pool else None
+        self.environ = base_environ(**{"wsgi.file_wrapper": FileWrapper,
+                                       "wsgi.multiprocess": multiprocess})
 
 
 class WSGIApps:
@@ -53,14 +55,15 @@ class WSGIApps:
         extend_sys_path(config)
         loaded: dict[str, App] = {}
         self.mounts: dict[Route, _Mount] = {}
+        self.multiprocess = config.workers > 1
         for instance in config.instances:
             for route in instance.routes:
                 if not route.wsgi:
                     continue
                 if route.wsgi not in loaded:
                     loaded[route.wsgi] = load_route_app(route.wsgi, load)
-                self.mounts[route] = _Mount(route.wsgi, loaded[route.wsgi], route.pool)
-        self.multiprocess = config.workers > 1
+                self.mounts[route] = _Mount(route.wsgi, loaded[route.wsgi], route.pool,
+                                            self.multiprocess)
 
     def serve(self, stream: Stream, route: Route, strip: int) -> None:
         """Answer the stream's request with the route's app."""
@@ -86,17 +89,15 @@ class _Call:
         self.req = req = stream.request
         self.head: Head | None = None  # set by start_response
         self.started = False  # the head was handed to the stream
-        self.empty = False  # HEAD, 204, 304: no body bytes will go out
-        length = None if req.chunked else (req.content_length or 0)
-        self.input = Input(stream.body(), length)
+        if req.chunked or req.content_length:
+            self.input = Input(stream.body(), None if req.chunked else req.content_length)
+        else:
+            self.input = NO_BODY  # nothing to read: one shared, stateless empty stream
         self.errors = ErrorStream(stream.log_error, f"{mount.label}: ")
         self.environ = build_environ(req, strip, trusted=apps.trusted(req.client_addr[0]),
-                                     server_name=req.host or stream.local_address(), wsgi={
-                                         "wsgi.input": self.input,
-                                         "wsgi.errors": self.errors,
-                                         "wsgi.file_wrapper": FileWrapper,
-                                         "wsgi.multiprocess": apps.multiprocess,
-                                     })
+                                     server_name=req.host or stream.local_address(),
+                                     base=mount.environ,
+                                     wsgi={"wsgi.input": self.input, "wsgi.errors": self.errors})
 
     def run(self) -> None:
         try:
@@ -114,8 +115,15 @@ class _Call:
 
     def _respond(self) -> None:
         result = self.mount.app(self.environ, self.start_response)
+        kind = type(result)
+        if kind is list:  # a plain list has no close() to call
+            if len(result) == 1 and self.head is not None and not self.started:
+                self._whole(result[0])  # the commonest answer: head and body in one send
+            else:
+                self._iterate(result)
+            return
         try:
-            if not (type(result) is FileWrapper and self._sendfile(result)):
+            if not (kind is FileWrapper and self._sendfile(result)):
                 self._iterate(result)
         finally:
             # PEP 3333: close() is called whatever happened, even on errors.
@@ -167,12 +175,23 @@ class _Call:
                 raise TypeError(f"the app yielded {type(data).__name__}, not bytes")
             if data:
                 self._write(data)
-                if self.empty:
+                if not has_body(self.req.method, self.head.status):
                     break  # HEAD, 204, 304: the head was all there is to send
         if not self.started:
             self._set_length(0)
             self._start()
         self._hand(self.stream.end)
+
+    def _whole(self, data: bytes) -> None:
+        """A body the app gave as one piece, before anything was sent: a whole response,
+        which the connection sends with its head (one send for a small one)."""
+        if type(data) is not bytes:
+            raise TypeError(f"the app yielded {type(data).__name__}, not bytes")
+        self._set_length(len(data))
+        try:
+            self.stream.respond(self._response(data))
+        except OSError as exc:
+            raise _ClientGone() from exc
 
     def _set_length(self, length: int) -> None:
         """Announce a body length the app did not give, when Rex knows it."""
@@ -190,7 +209,6 @@ class _Call:
         if head is None:
             raise WSGIResponseError("the app returned without calling start_response()")
         self.started = True
-        self.empty = not has_body(self.req.method, head.status)
         return Response(head.status, fields(head, http_date()), body, head.content_length,
                         reason=head.reason, close=head.close)
 

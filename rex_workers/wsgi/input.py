@@ -126,6 +126,11 @@ class Input:
         pass  # the server owns the body; PEP 3333 apps must not close it
 
 
+# The wsgi.input of every request without a body. Safe to share: at EOF no method
+# changes any state (nothing is read, the buffer stays empty).
+NO_BODY = Input(iter(()), 0)
+
+
 class ErrorStream:
     """``wsgi.errors``: text written here becomes error log lines, one per line."""
 

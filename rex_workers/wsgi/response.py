@@ -41,8 +41,61 @@ class Head:
     served: bool = False  # the app sent Server
 
 
+# What the strict check below has accepted once, so the next response with the
+# same status or field names skips the work: status line -> (code, reason), field
+# name -> (its bytes, what it is). An app has a handful of each; the tables stop
+# growing at _LEARN_MAX all the same.
+_STATUSES: dict[str, tuple[int, bytes]] = {}
+_NAMES: dict[str, tuple[bytes, int]] = {}
+_LEARN_MAX = 512
+_PLAIN, _LENGTH, _DATE, _SERVER = range(4)
+_KINDS = {b"content-length": _LENGTH, b"date": _DATE, b"server": _SERVER}
+
+
 def parse_head(status: str, headers: list[tuple[str, str]]) -> Head:
-    """Check ``start_response``'s arguments; raise WSGIResponseError on any violation."""
+    """Check ``start_response``'s arguments; raise WSGIResponseError on any violation.
+
+    The fast lane: a status and field names seen before, values checked in place.
+    Anything it is unsure of (a new name, a hop-by-hop field, a Content-Length with
+    spaces, a value to refuse) goes to the strict check, which raises or answers.
+    """
+    if type(status) is str and status in _STATUSES and type(headers) is list:
+        code, phrase = _STATUSES[status]
+        head = Head(code, phrase, [])
+        out = head.headers
+        names = _NAMES
+        try:
+            for item in headers:
+                if type(item) is not tuple:
+                    break
+                name, value = item
+                if (type(name) is not str or name not in names or type(value) is not str
+                        or "\r" in value or "\n" in value or "\0" in value):
+                    break
+                raw_name, kind = names[name]
+                raw = value.encode("latin-1")
+                if kind == _LENGTH:
+                    if not raw.isdigit() or len(raw) > 18:
+                        break
+                    length = int(raw)
+                    if head.content_length is not None and head.content_length != length:
+                        break
+                    head.content_length = length
+                    continue
+                if kind == _DATE:
+                    head.dated = True
+                elif kind == _SERVER:
+                    head.served = True
+                out.append((raw_name, raw))
+            else:
+                return head
+        except (ValueError, TypeError):  # not a pair, not hashable, not latin-1
+            pass
+    return _checked_head(status, headers)
+
+
+def _checked_head(status: str, headers: list[tuple[str, str]]) -> Head:
+    """The strict check, one field at a time, learning what the fast lane may reuse."""
     if type(status) is not str:
         raise WSGIResponseError(f"status must be a str, not {type(status).__name__}")
     match = _STATUS.fullmatch(status)
@@ -65,8 +118,13 @@ def parse_head(status: str, headers: list[tuple[str, str]]) -> Head:
             raise WSGIResponseError(f"invalid header name {name!r}")
         if type(value) is not str or _BAD_VALUE.search(value):
             raise WSGIResponseError(f"invalid value for header {name}: {value!r}")
-        _add(head, name.lower().encode("ascii"), name.encode("ascii"),
-             _latin1(value, f"header {name}"))
+        lname = name.lower().encode("ascii")
+        _add(head, lname, name.encode("ascii"), _latin1(value, f"header {name}"))
+        if (lname not in HOP_BY_HOP and lname != b"x-request-id" and name not in _NAMES
+                and len(_NAMES) < _LEARN_MAX):
+            _NAMES[name] = (name.encode("ascii"), _KINDS.get(lname, _PLAIN))
+    if len(_STATUSES) < _LEARN_MAX:
+        _STATUSES[status] = (code, head.reason)
     return head
 
 
@@ -104,6 +162,8 @@ def _latin1(text: str, what: str) -> bytes:
 
 def fields(head: Head, date: bytes) -> list[Header]:
     """The app's fields, then ``Date`` and ``Server`` where it gave none (RFC 9110 §6.6.1)."""
+    if not (head.dated or head.served):
+        return [*head.headers, (b"Date", date), (b"Server", SERVER)]
     out = list(head.headers)
     if not head.dated:
         out.append((b"Date", date))
