@@ -120,10 +120,7 @@ class Entry:
         else:
             conn = MeteredConn(sock, addr, self.listener, rt, self.row)
         rt.connections.add(conn)
-        try:
-            conn.serve()
-        finally:
-            rt.connections.discard(conn)
+        conn.serve()  # takes itself out of rt.connections when it ends (it may park first)
 
     def _handshake(self, sock):
         """The TLS socket after a completed handshake, or None (counted, closed)."""

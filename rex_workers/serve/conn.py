@@ -24,6 +24,7 @@ from ..http.message import Header, Outcome
 from ..http.request import Abort, HTTPError, Request, is_websocket, printable
 from ..http.wire import READ_SIZE
 from .h1writer import H1Writer
+from .park import PARK_AFTER
 
 # After an error with unread request bytes, read (and drop) them this long
 # before closing: closing with unread data makes the kernel send a RST that can
@@ -32,6 +33,8 @@ LINGER_TIME = 2.0
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 # What one read for a request head brought (``_recv_into_reader``).
 _READ, _LATE, _EOF = object(), object(), object()
+# What ``_next_request`` returns when the connection parked (``serve.park``).
+_PARKED = object()
 
 
 # What a trusted proxy's X-Request-ID may be to be kept: visible ASCII, not too long
@@ -92,13 +95,27 @@ class ClientConn(H1Writer):
 
     # -- the connection loop ----------------------------------------------------
     def serve(self) -> None:
+        self.ctx.open_connections += 1
+        self._serve(None)
+
+    def resume(self, idle_left: float) -> None:
+        """Go on with a keep-alive wait that parked (``serve.park``), ``idle_left`` to run."""
+        self._serve(idle_left)
+
+    def _serve(self, idle_left: float | None) -> None:
         ctx = self.ctx
-        ctx.open_connections += 1
+        parked = False
         try:
-            while self.keep_alive and not ctx.draining:
-                req = self._next_request()
+            # A resumed connection reads first: a drain may have turned keep_alive off
+            # while it was parked, and its next request is still answered (with close).
+            while idle_left is not None or (self.keep_alive and not ctx.draining):
+                req = self._next_request(idle_left)
+                idle_left = None
                 if req is None:
                     break
+                if req is _PARKED:
+                    parked = True  # the lot owns the connection now
+                    return
                 self.idle = False
                 self._handle(req)
                 req = None  # not kept through the keep-alive wait
@@ -110,8 +127,15 @@ class ClientConn(H1Writer):
             self.log_error(f"internal error: {type(exc).__name__}: {exc}\n"
                            + traceback.format_exc().rstrip())
         finally:
-            ctx.open_connections -= 1
-            self._close()
+            if not parked:
+                self.abandon()
+
+    def abandon(self) -> None:
+        """The connection's end: uncounted, unlisted, closed."""
+        ctx = self.ctx
+        ctx.open_connections -= 1
+        ctx.connections.discard(self)
+        self._close()
 
     def _handle(self, req: Request) -> None:
         started = time.monotonic()
@@ -183,7 +207,10 @@ class ClientConn(H1Writer):
         self.respond(pages.response(exc.status))
 
     # -- reading requests -------------------------------------------------------
-    def _next_request(self) -> Request | None:
+    def _next_request(self, idle_left: float | None = None) -> Request | object | None:
+        """The next request, None when the connection ends, or ``_PARKED``.
+
+        ``idle_left``: a resumed keep-alive wait, with that much of it to run."""
         timeouts = self.ctx.timeouts
         deadline = None
         while True:
@@ -212,6 +239,7 @@ class ClientConn(H1Writer):
                         self.keep_alive = False
                         return None
                 in_head = reader.in_head
+            got = None
             if in_head or not self.served:
                 # A connection is opened to send a request: its first one, and any
                 # head already begun, must arrive within ``header`` (slowloris).
@@ -219,12 +247,22 @@ class ClientConn(H1Writer):
                     deadline = time.monotonic() + timeouts.header
                 timeout = deadline - time.monotonic()
             else:
-                timeout = timeouts.idle
+                timeout = timeouts.idle if idle_left is None else idle_left
+                idle_left = None
                 # Between requests nothing parsed is pending: let the parser go
                 # (the locals too, or they keep it alive through the wait).
                 self._drop_reader()
                 reader = events = None
-            got = self._recv_into_reader(timeout) if timeout > 0 else _LATE
+                if timeout > PARK_AFTER and self.ctx.lot is not None:
+                    # A wait longer than that gives up the greenlet (``serve.park``).
+                    got = self._recv_into_reader(PARK_AFTER)
+                    if got is _LATE:
+                        timeout -= PARK_AFTER
+                        if self._park(timeout):
+                            return _PARKED
+                        got = None
+            if got is None:
+                got = self._recv_into_reader(timeout) if timeout > 0 else _LATE
             if got is not _READ:
                 if in_head:
                     # A head begun and not finished: answered, so the client (whose
@@ -266,6 +304,12 @@ class ClientConn(H1Writer):
                 field_limit=limits.field_bytes)
         reader.feed(data)
         return _READ
+
+    def _park(self, left: float) -> bool:
+        pending = getattr(self.sock, "pending", None)  # TLS: bytes decrypted, not yet read
+        if pending is not None and pending():
+            return False  # readable already, though the socket's watcher cannot tell
+        return self.ctx.lot.park(self, left)
 
     def _error_without_request(self, exc: HTTPError) -> None:
         """A request we could not even parse: answer and close."""

@@ -79,6 +79,7 @@ class Runtime:
         self.requests = 0
         self.open_connections = 0
         self.connections: set = set()
+        self.lot = None  # serve.park.Lot: idle connections parked (set by the worker)
         self.tunnels: set = set()
 
     def _site(self, instance: Instance, table: RouteTable) -> Site:

@@ -103,12 +103,12 @@ class Worker:
 
     def __init__(self, boot: WorkerBoot) -> None:
         from gevent.pool import Pool
-        from gevent.server import StreamServer
         from gevent.ssl import SSLContext
 
         from ..proxy.prober import HealthSharing
         from ..shared.tls import listener_context
         from .accept import Entry
+        from .park import Lot, ParkingServer
         from .runtime import Runtime
 
         config, vhosts, shared = boot.config, boot.vhosts, boot.shared
@@ -134,6 +134,7 @@ class Worker:
         self.health = (HealthSharing(shared.health, [(r, g) for _s, r, g in self.rt.groups()],
                                      boot.worker_id == 1, self.rt.log.info) if shared else None)
         self.pool = Pool(config.limits.connections)
+        self.rt.lot = Lot(self.pool, gevent.get_hub().loop)
         self.servers = []
         for address, sock in boot.sockets.items():
             listener = self.rt.listeners[address]
@@ -141,8 +142,8 @@ class Worker:
             gsock = gevent.socket.socket(sock.family, sock.type, sock.proto,
                                          fileno=os.dup(sock.fileno()))
             sock.close()  # the worker keeps only its gevent copy of the master's socket
-            self.servers.append(StreamServer(gsock, Entry(listener, self.rt, context),
-                                             spawn=self.pool))
+            self.servers.append(ParkingServer(gsock, Entry(listener, self.rt, context),
+                                              self.rt.lot, spawn=self.pool))
         jitter = config.max_requests_jitter
         # Jitter keeps workers started together from all recycling at once.
         self.max_requests = (config.max_requests + random.randint(0, jitter)
