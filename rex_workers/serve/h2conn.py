@@ -117,6 +117,7 @@ class H2Conn:
                                       limits.field_bytes)
         self.streams: dict[int, H2Stream] = {}
         self.served = 0
+        self.quiet_since = 0.0  # when the last stream ended (the idle timeout counts from it)
         self.idle = True  # no stream open: a draining worker may close it
         self.reader = None  # no HTTP/1.1 parser (the drain looks)
         self.keep_alive = True  # set False by a draining worker; GOAWAY says it here
@@ -141,6 +142,7 @@ class H2Conn:
                            + traceback.format_exc().rstrip())
         finally:
             ctx.open_connections -= 1
+            ctx.connections.discard(self)
             self._close()
 
     def _run(self) -> None:
@@ -174,22 +176,26 @@ class H2Conn:
                 self.flush()
             if self.going_away and not self.streams:
                 return
+            now = time.monotonic()
             if self.streams:
-                wait = None  # each stream has its own timeouts
-            elif not self.served:
-                wait = first_by - time.monotonic()  # the first request: as HTTP/1.1's
-            else:
+                # Streams have timeouts of their own; this wait only wakes to see
+                # whether they are all done (a stream cannot wake this read).
                 wait = timeouts.idle
-            if wait is not None and wait <= 0:
-                self._end(ErrorCodes.NO_ERROR)
-                return
-            try:
-                data = deadline.call(wait, sock.recv, READ_SIZE)
-            except TimeoutError:
-                self._end(ErrorCodes.NO_ERROR)  # idle: tell the client, then close
-                return
-            if not data:
-                return
+            elif not self.served:
+                wait = first_by - now  # the first request: as HTTP/1.1's
+            else:
+                wait = self.quiet_since + timeouts.idle - now
+            data = b""
+            if wait > 0:
+                try:
+                    data = deadline.call(wait, sock.recv, READ_SIZE)
+                except TimeoutError:
+                    continue  # the top of the loop decides: still busy, or idle too long
+                if not data:
+                    return
+                continue
+            self._end(ErrorCodes.NO_ERROR)  # idle: tell the client, then close
+            return
 
     def _event(self, event) -> None:
         kind = type(event)
@@ -274,6 +280,7 @@ class H2Conn:
         self.served += 1
         if not self.streams:
             self.idle = True
+            self.quiet_since = time.monotonic()
             if self.going_away:
                 # The last stream after GOAWAY: wake the loop, which then ends.
                 shutdown_read(self.sock)

@@ -182,6 +182,15 @@ class H2Stream:
             self._source = None
         self.end(getattr(body, "trailers", ()))
 
+    def respond_ready(self, status: int, head: bytes, body: bytes, length: int) -> None:
+        """A static site's ready response, rendered as HTTP/1.1 lines: the same fields.
+
+        Seldom here: the ready path wants ``Request.conditional`` False, which only
+        HTTP/1.1's fast lane sets.
+        """
+        fields = [tuple(line.split(b": ", 1)) for line in head.split(b"\r\n")[1:] if line]
+        self.respond(Response(status, fields, body, length))
+
     def start(self, response: Response) -> None:
         """Commit the head of ``response``; it goes out with the first DATA (or the end)."""
         req = self.request
