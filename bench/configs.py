@@ -78,13 +78,16 @@ def nginx_backend(prefix: str, name: str, port: int, root: str) -> str:
     }}""")
 
 
-def nginx_proxy(prefix: str, name: str, port: int, backend_port: int, extra: str = "") -> str:
+def nginx_proxy(prefix: str, name: str, port: int, backend_port: int, extra: str = "",
+                listen: str = "") -> str:
     """The reference proxy: nginx with keep-alive to the backend.
 
     ``proxy_http_version 1.1`` and an empty ``Connection`` header are what
     upstream keep-alive needs in nginx; buffering stays at nginx's defaults,
-    as most deployments leave it. ``extra``: more directives for the server.
+    as most deployments leave it. ``extra``: more directives for the server;
+    ``listen``: the listen directive and what goes with it (``nginx_h2``).
     """
+    listen = listen or f"listen 127.0.0.1:{port};"
     return _nginx_main(prefix, name, f"""\
     upstream backend {{
         server 127.0.0.1:{backend_port};
@@ -92,7 +95,7 @@ def nginx_proxy(prefix: str, name: str, port: int, backend_port: int, extra: str
         keepalive_requests {KEEPALIVE_REQUESTS};
     }}
     server {{
-        listen 127.0.0.1:{port};{extra}
+        {listen}{extra}
         location / {{
             proxy_pass http://backend;
             proxy_http_version 1.1;
@@ -114,6 +117,24 @@ def nginx_gzip_proxy(prefix: str, name: str, port: int, backend_port: int, level
         gzip_types {' '.join(types)};
         gzip_vary on;
         gzip_proxied any;""")
+
+
+def nginx_h2(prefix: str, name: str, port: int, cert: str, key: str, *,
+             backend_port: int = 0, root: str = "") -> str:
+    """nginx with TLS and HTTP/2 (ALPN h2): a proxy to the backend, or ``root`` served.
+
+    ``listen ... ssl http2`` is the spelling of nginx before 1.25.1, which took
+    ``http2 on;`` instead (and still reads the old one, with a warning).
+    """
+    listen = (f"listen 127.0.0.1:{port} ssl http2;\n        ssl_certificate {cert};\n"
+              f"        ssl_certificate_key {key};")
+    if not root:
+        return nginx_proxy(prefix, name, port, backend_port, listen=listen)
+    return _nginx_main(prefix, name, f"""\
+    server {{
+        {listen}
+        root {root};
+    }}""")
 
 
 def nginx_static(prefix: str, name: str, port: int, root: str) -> str:
@@ -168,3 +189,10 @@ def rex_wsgi(port: int, app: str, pythonpath: str, as_root: bool = False) -> str
 def gunicorn_argv(python: str, port: int, app: str) -> list[str]:
     """gunicorn with its defaults but for the gevent worker class, one worker, loopback."""
     return [python, "-m", "gunicorn", "-k", "gevent", "-w", "1", "-b", f"127.0.0.1:{port}", app]
+
+
+def rex_h2(port: int, cert: str, key: str, *, backend_port: int = 0, root: str = "") -> str:
+    """Rex on TLS, where HTTP/2 is on by default (ALPN h2): a proxy, or ``root`` served."""
+    config = json.loads(rex_static(port, root) if root else rex_proxy(port, backend_port))
+    config["server"]["instances"][0]["tls"] = {"cert": cert, "key": key}
+    return json.dumps(config, indent=2) + "\n"

@@ -43,9 +43,11 @@ class System:
     ports: dict[str, int] = field(default_factory=dict)
     failed: dict[str, str] = field(default_factory=dict)  # site -> why it did not start
     broken: dict[str, str] = field(default_factory=dict)  # scenario key -> why skipped
+    tls: bool = False  # served over TLS (the HTTP/2 rows)
 
     def url(self, scenario: Scenario) -> str:
-        return f"http://127.0.0.1:{self.ports[scenario.site]}{scenario.path}"
+        scheme = "https" if self.tls else "http"
+        return f"{scheme}://127.0.0.1:{self.ports[scenario.site]}{scenario.path}"
 
     def server(self, scenario: Scenario) -> Server | None:
         return self.servers.get(scenario.site)
@@ -91,6 +93,26 @@ class Lab:
                     server = self._start_rex(label, self._rex_config(site, port), port)
                 else:
                     server = self._start_nginx(label, self._nginx_config(label, site, port), port)
+            except StartError as exc:
+                system.failed[site] = str(exc)
+                continue
+            system.servers[site] = server
+            system.ports[site] = port
+        return system
+
+    def start_h2_system(self, name: str, product: str, cert: str, key: str) -> System:
+        """``product`` on TLS with HTTP/2, as proxy and static server (no gzip site)."""
+        system = System(name, tls=True)
+        for site in ("proxy", "static"):
+            (port,) = free_ports(1)
+            label = f"{name}-h2-{site}"
+            where = {"root": self.www} if site == "static" else {"backend_port": self.backend_port}
+            try:
+                if product == "rex":
+                    server = self._start_rex(label, configs.rex_h2(port, cert, key, **where), port)
+                else:
+                    text = configs.nginx_h2(self.dir, label, port, cert, key, **where)
+                    server = self._start_nginx(label, text, port)
             except StartError as exc:
                 system.failed[site] = str(exc)
                 continue

@@ -16,7 +16,8 @@ Options:
   --skip-idle    skip the 10,000 idle connections measure
   --keep         keep the temp dir (configs, server logs) and print its path
 
-Nothing is installed: nginx and wrk must be on the machine already.
+Nothing is installed: nginx and wrk must be on the machine already, and h2load
+(nghttp2-client) for the HTTP/2 rows (without it they are reported as not measured).
 Exit status: 0 every target met; 1 a target missed or not measured (Rex did
 not start, a server died); 2 bad usage, or nginx or wrk missing.
 """
@@ -44,7 +45,7 @@ from bench.scenarios import IDLE_CONNECTIONS, SCENARIOS
 from bench.session import Results, Session, log
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
-INSTALL_HINT = "sudo apt-get install nginx-light wrk"
+INSTALL_HINT = "sudo apt-get install nginx-light wrk nghttp2-client"
 
 
 class UsageError(Exception):
@@ -84,6 +85,7 @@ def parse_options(argv: list[str] | None = None) -> Options:
 class Tools:
     nginx: str
     wrk: str
+    h2load: str | None  # the HTTP/2 rows only; without it they are reported missing
 
 
 def find_tools() -> Tools | None:
@@ -92,7 +94,7 @@ def find_tools() -> Tools | None:
     nginx = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin:/usr/local/sbin")
     wrk = shutil.which("wrk")
     if nginx and wrk:
-        return Tools(nginx, wrk)
+        return Tools(nginx, wrk, shutil.which("h2load"))
     missing = " and ".join(name for name, path in (("nginx", nginx), ("wrk", wrk)) if not path)
     print(f"bench: {missing} not found; the bench needs nginx and wrk and installs nothing "
           f"itself. On Debian or Ubuntu:\n    {INSTALL_HINT}", file=sys.stderr)
@@ -113,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     lab = Lab(workdir, tools.nginx)
     try:
         session = Session(lab, tools.wrk, rounds=opts.rounds, duration=opts.duration,
-                          threads=opts.threads, warmup=opts.warmup)
+                          threads=opts.threads, warmup=opts.warmup, h2load=tools.h2load)
         results = session.run(calibrate=opts.calibrate, measure_idle=opts.idle, nofile=nofile)
     except KeyboardInterrupt:
         log("interrupted; stopping the servers")

@@ -111,3 +111,18 @@ CALLS_TARGETS = {"proxied 13 B": Target("<=", 100.0, "calls"),
 
 ROUTE_COUNTS = (10, 1000)
 ROUTES_TARGET = Target("<=", 2.0)
+
+# HTTP/2 to clients (issue 21): h2load over TLS against nginx (`listen ... ssl http2`)
+# and Rex (ALPN h2), one worker each, the same files and backend as the wrk rows.
+# Fewer connections than wrk's 64: each carries H2_STREAMS requests at once.
+H2_SCENARIOS = (
+    Scenario("h2_static_1k", "h2 static 1 KiB", "static", "/1k.bin", 16, REQS,
+             Target(">=", 0.35)),
+    Scenario("h2_proxy_13b", "h2 proxied 13 B", "proxy", "/13b.bin", 16, REQS,
+             Target(">=", 0.35)),
+)
+H2_STREAMS = 10  # h2load -m: concurrent streams per connection
+# h2load runs a count of requests, not a duration (bench/h2load.py says why): this
+# many per second of --duration, so a run lasts about a second against nginx here and
+# a few against Rex.
+H2_REQUESTS_PER_SECOND = 2_500

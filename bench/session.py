@@ -17,7 +17,7 @@ import subprocess
 import sys
 from dataclasses import asdict, dataclass, field
 
-from . import idle, report, routes, wsgirow
+from . import h2, idle, report, routes, wsgirow
 from .lab import REPO, Lab, System
 from .procs import Server, StartError
 from .scenarios import (
@@ -54,6 +54,7 @@ class Results:
     idle: dict[str, idle.IdleResult] = field(default_factory=dict)
     routes: routes.RoutesResult | None = None
     calls: dict[str, float] = field(default_factory=dict)  # scenario -> Python calls/request
+    h2: h2.Runs = field(default_factory=dict)  # the HTTP/2 rows' runs (bench/h2.py)
     problems: list[str] = field(default_factory=list)
     meta: dict = field(default_factory=dict)
 
@@ -66,14 +67,18 @@ class Results:
             "idle": {name: asdict(result) for name, result in self.idle.items()},
             "routes": asdict(self.routes) if self.routes else None,
             "calls_per_request": self.calls,
+            "h2": {key: {name: [asdict(r) | {"req_per_s": r.req_per_s} for r in got]
+                         for name, got in by_system.items()}
+                   for key, by_system in self.h2.items()},
         }
 
 
 class Session:
     def __init__(self, lab: Lab, wrk: str, *, rounds: int, duration: float, threads: int,
-                 warmup: bool) -> None:
+                 warmup: bool, h2load: str | None = None) -> None:
         self.lab = lab
         self.wrk = wrk
+        self.h2load = h2load
         self.rounds = rounds
         self.duration = duration
         self.threads = threads
@@ -91,6 +96,7 @@ class Session:
                 self._wsgi(results)
             if measure_idle:
                 self._idle(systems, results, nofile)
+            self._h2(results, calibrate)
         self._routes(results)
         self._calls(results)
         results.rows[:0] = report.scenario_rows(results.samples, SCENARIOS, REFERENCE,
@@ -188,6 +194,19 @@ class Session:
             f"{IDLE_CONNECTIONS:,} idle conns, one worker", "RSS MB",
             ref.rss_mb if ref else None, con.rss_mb if con else None, IDLE_TARGET, note,
             errors=lost))
+
+    def _h2(self, results: Results, calibrate: bool) -> None:
+        """The HTTP/2 rows, on servers of their own (TLS on): bench/h2.py."""
+        if self.h2load is None:
+            results.problems.append("HTTP/2 rows not measured: h2load not found "
+                                    "(Debian: apt-get install nghttp2-client)")
+            return
+        log("HTTP/2: h2load over TLS against both systems")
+        rows, results.h2 = h2.measure(
+            self.lab, self.h2load, (results.reference, results.contender),
+            ("nginx", "nginx" if calibrate else "rex"), rounds=self.rounds,
+            duration=self.duration, warmup=self.warmup, problems=results.problems, log=log)
+        results.rows.extend(rows)
 
     def _routes(self, results: Results) -> None:
         log(f"timing route matching with {' and '.join(map(str, ROUTE_COUNTS))} routes")

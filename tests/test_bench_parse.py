@@ -283,3 +283,87 @@ def test_rex_wsgi_config_is_what_rex_accepts(tmp_path):
     assert load_config(str(path)).user == "root"
     argv = configs.gunicorn_argv("python", 18005, WSGI_APP)
     assert argv[-1] == WSGI_APP and "127.0.0.1:18005" in argv and argv[3:5] == ["-k", "gevent"]
+
+
+# Real h2load 1.52 output (count mode), from nginx over TLS; the progress lines cut.
+H2LOAD = """\
+starting benchmark...
+spawning thread #0: 4 total client(s). 200 total requests
+TLS Protocol: TLSv1.2
+Cipher: ECDHE-RSA-AES128-GCM-SHA256
+Server Temp Key: X25519 253 bits
+Application protocol: h2
+progress: 10% done
+
+finished in 139.27ms, 1436.05 req/s, 1.58MB/s
+requests: 200 total, 200 started, 200 done, 200 succeeded, 0 failed, 0 errored, 0 timeout
+status codes: 200 2xx, 0 3xx, 0 4xx, 0 5xx
+traffic: 224.80KB (230196) total, 21.09KB (21600) headers (space savings 39.66%)
+"""
+
+
+def test_h2load_summary_and_failed_streams():
+    from bench.h2load import parse as parse_h2
+
+    result = parse_h2(H2LOAD)
+    assert (result.requests, result.succeeded, result.failed) == (200, 200, 0)
+    assert result.protocol == "h2" and result.duration == pytest.approx(0.13927)
+    assert result.req_per_s == pytest.approx(200 / 0.13927)
+    # A reset stream and a 502: each a failed stream, and neither counts toward req/s.
+    worse = (H2LOAD.replace("200 succeeded, 0 failed, 0 errored", "199 succeeded, 1 failed, "
+                            "1 errored")
+             .replace("200 2xx, 0 3xx, 0 4xx, 0 5xx", "198 2xx, 0 3xx, 0 4xx, 1 5xx"))
+    assert parse_h2(worse).failed == 2 and parse_h2(worse).succeeded == 198
+
+
+def test_h2load_output_without_a_summary_is_an_error():
+    from bench.h2load import H2loadOutputError
+    from bench.h2load import parse as parse_h2
+
+    with pytest.raises(H2loadOutputError, match="connect"):
+        parse_h2("starting benchmark...\nNo protocol negotiated / could not connect\n")
+
+
+def test_a_failed_stream_fails_the_h2_row_however_fast():
+    from bench.h2 import _rows
+    from bench.h2load import H2Result
+
+    fast = H2Result(requests=100, succeeded=99, failed=1, duration=0.001, protocol="h2")
+    slow = H2Result(requests=100, succeeded=100, failed=0, duration=1.0, protocol="h2")
+    runs = {"h2_static_1k": {"nginx": [slow], "rex": [fast]}, "h2_proxy_13b": {}}
+    static, proxied = _rows(runs, ("nginx", "rex"))
+    assert static.ratio > 1 and static.result == report.FAIL
+    assert "failed streams: nginx 0, rex 1" in static.note
+    assert proxied.result == report.MISSING
+
+
+def test_rex_h2_configs_are_tls_instances_with_http2(tmp_path):
+    from rex_workers.config.loader import load_config
+
+    path = tmp_path / "h2.yaml"
+    for name in ("c.pem", "k.pem"):
+        (tmp_path / name).write_text("")  # the loader checks they exist; rex check reads them
+    path.write_text(configs.rex_h2(18001, "c.pem", "k.pem", root=str(tmp_path)))
+    (instance,) = load_config(str(path)).instances
+    assert instance.tls is not None and instance.http2 is True
+    assert instance.public == str(tmp_path)
+
+
+@pytest.mark.skipif(not (shutil.which("nginx") or Path("/usr/sbin/nginx").exists())
+                    or not shutil.which("openssl"), reason="nginx or openssl not installed")
+def test_nginx_h2_configs_pass_nginx_t(tmp_path):
+    from bench.h2 import certificate
+
+    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    cert, key = certificate(str(tmp_path))
+    texts = {"h2-proxy": configs.nginx_h2(str(tmp_path), "h2-proxy", 18002, cert, key,
+                                          backend_port=18001),
+             "h2-static": configs.nginx_h2(str(tmp_path), "h2-static", 18003, cert, key,
+                                           root=str(tmp_path))}
+    for name, text in texts.items():
+        assert "ssl http2;" in text
+        (tmp_path / f"{name}.conf").write_text(text)
+        Path(configs.nginx_temp_dir(str(tmp_path), name)).mkdir()
+        argv = configs.nginx_argv(nginx, str(tmp_path), name)
+        check = subprocess.run([*argv[:-2], "-t"], capture_output=True, text=True, timeout=30)
+        assert check.returncode == 0, check.stderr

@@ -82,21 +82,25 @@ def test_counts_render_as_prometheus_text(tmp_path):
     rec.request("0", "/api", 200, 50, 0.2)
     rec.request("0", "/api", 418, 0, 7.0)  # no column of its own: counted as 4xx
     rec.request("1", "-", 0, 0, 100.0)  # no status at all (client gone): "other", +Inf
+    rec.request("0", "/api", 200, 0, 0.001, h2=True)
     rec.upstream_failed(lay.upstream_row("-", "upstream", "http://localhost:5000"))
     out = Exposition()
     out.add_counters(sum_counters(Retired(), [(lay, rec.values)]))
     out.add("rex_site_info", 1, (("site", "0"), ("server_names", 'we"ird\\')))
     found = samples(out.text())
     api = 'site="0",route="/api"'
-    assert found[f'rex_requests_total{{{api},code="200"}}'] == 2
+    assert found[f'rex_requests_total{{{api},code="200"}}'] == 3
+    assert found[f'rex_requests_by_protocol_total{{{api},protocol="HTTP/1.x"}}'] == 3
+    assert found[f'rex_requests_by_protocol_total{{{api},protocol="HTTP/2"}}'] == 1
+    assert 'rex_requests_by_protocol_total{site="1",route="-",protocol="HTTP/2"}' not in found
     assert found[f'rex_requests_total{{{api},code="4xx"}}'] == 1
     assert found['rex_requests_total{site="1",route="-",code="other"}'] == 1
-    assert found[f'rex_request_duration_seconds_bucket{{{api},le="0.005"}}'] == 1
-    assert found[f'rex_request_duration_seconds_bucket{{{api},le="0.25"}}'] == 2  # cumulative
-    assert found[f'rex_request_duration_seconds_bucket{{{api},le="10"}}'] == 3
-    assert found[f'rex_request_duration_seconds_bucket{{{api},le="+Inf"}}'] == 3
-    assert found[f'rex_request_duration_seconds_count{{{api}}}'] == 3
-    assert abs(found[f'rex_request_duration_seconds_sum{{{api}}}'] - 7.203) < 1e-9
+    assert found[f'rex_request_duration_seconds_bucket{{{api},le="0.005"}}'] == 2
+    assert found[f'rex_request_duration_seconds_bucket{{{api},le="0.25"}}'] == 3  # cumulative
+    assert found[f'rex_request_duration_seconds_bucket{{{api},le="10"}}'] == 4
+    assert found[f'rex_request_duration_seconds_bucket{{{api},le="+Inf"}}'] == 4
+    assert found[f'rex_request_duration_seconds_count{{{api}}}'] == 4
+    assert abs(found[f'rex_request_duration_seconds_sum{{{api}}}'] - 7.204) < 1e-9
     assert found[f'rex_response_body_bytes_total{{{api}}}'] == 150
     assert found['rex_upstream_failures_total{site="-",route="upstream",'
                  'upstream="http://localhost:5000"}'] == 1
@@ -170,6 +174,36 @@ def test_known_traffic_over_two_workers_adds_up_exactly(rex, upstream):
     after = scrape()
     assert total(after, "rex_requests_total") == n
     assert total(after, "rex_upstream_failures_total") == failing
+
+
+def test_requests_are_counted_by_the_protocol_they_came_over(rex, upstream):
+    """HTTP/2 with prior knowledge (h2c) and HTTP/1.1 to one instance: the same series
+    as before, and each request in ``rex_requests_by_protocol_total`` by protocol."""
+    httpx = pytest.importorskip("httpx")
+    pytest.importorskip("h2", reason="httpx[http2] is a test dependency")
+    up = upstream()
+    port, admin = free_port(), free_port()
+    rex.write(site_config(port, {"/api": up.url}, f"""\
+        logging: {{access: off}}
+        admin: {{port: {admin}}}
+    """, instance="http2: cleartext"))
+    rex.start(ports=(port,))
+    with httpx.Client(http1=False, http2=True, timeout=5) as client:
+        replies = [client.get(f"http://127.0.0.1:{port}/api/{n}") for n in range(3)]
+        replies.append(client.get(f"http://127.0.0.1:{port}/nope"))
+    assert [r.http_version for r in replies] == ["HTTP/2"] * 4
+    assert [r.status_code for r in replies] == [200, 200, 200, 404]
+    for _ in range(2):
+        assert send_request(port, b"GET /api/x HTTP/1.1\r\nHost: t\r\n\r\n").status == 200
+
+    found = wait_for(lambda: (m := samples(admin_get(admin, "/metrics").body.decode()))
+                     and total(m, "rex_requests_total") == 6 and m, what="6 requests counted")
+    api = 'site="0",route="/api"'
+    assert found[f'rex_requests_by_protocol_total{{{api},protocol="HTTP/2"}}'] == 3
+    assert found[f'rex_requests_by_protocol_total{{{api},protocol="HTTP/1.x"}}'] == 2
+    assert found['rex_requests_by_protocol_total{site="0",route="-",protocol="HTTP/2"}'] == 1
+    assert found[f'rex_requests_total{{{api},code="200"}}'] == 5  # its labels as before
+    assert total(found, "rex_requests_by_protocol_total") == total(found, "rex_requests_total")
 
 
 # -- process_* (procstat.py): the kernel's view of the master and each worker ----------------

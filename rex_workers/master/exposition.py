@@ -25,6 +25,8 @@ from ..shared.metrics import (
     GAUGES,
     HIST,
     LISTENER_WIDTH,
+    PROTOCOL,
+    PROTOCOLS,
     REQUEST_WIDTH,
     STATUS_LABELS,
     SUM,
@@ -38,6 +40,8 @@ Key = tuple[str, Labels]
 FAMILIES: dict[str, tuple[str, str]] = {
     "rex_requests_total": ("counter", "Requests answered, by site (instance index), route and "
                                       "status code; route \"-\": static files, pages, errors."),
+    "rex_requests_by_protocol_total": ("counter", "Requests answered, by site, route and the "
+                                                  "protocol they came over (HTTP/1.x, HTTP/2)."),
     "rex_request_duration_seconds": ("histogram", "Time from request head to last byte sent."),
     "rex_response_body_bytes_total": ("counter", "Response body bytes sent to clients."),
     "rex_connections_total": ("counter", "Client connections accepted, by listener."),
@@ -94,6 +98,9 @@ def counters(layout: Layout, values) -> Iterator[tuple[Key, float]]:
                 values[base + HIST + n]
         yield ("rex_request_duration_seconds_sum", where), values[base + SUM]
         yield ("rex_response_body_bytes_total", where), values[base + BODY_BYTES]
+        for n, protocol in enumerate(PROTOCOLS):
+            yield ("rex_requests_by_protocol_total", (*where, ("protocol", protocol))), \
+                values[base + PROTOCOL + n]
     for row, (host, port) in enumerate(layout.listeners):
         base = layout.listener_base + row * LISTENER_WIDTH
         where = (("listener", f"{host}:{port}"),)

@@ -140,7 +140,7 @@ class Runtime:
         site, route = outcome.site, outcome.route
         self.metrics.request(NOT_ROUTED if site is None else str(site),
                              NOT_ROUTED if route is None else route,
-                             outcome.status, outcome.sent, duration)
+                             outcome.status, outcome.sent, duration, req.version == "2.0")
         self.log.access(req, outcome, duration)
 
     def access_raw(self, remote: str, status: int) -> None:

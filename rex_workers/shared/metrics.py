@@ -40,12 +40,15 @@ _CLASS_COLUMN = len(STATUS_CODES) - 1  # + 1 for "1xx", + 5 for "5xx"
 # Seconds; Prometheus client libraries' defaults plus 30 s and 60 s for slow upstreams.
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
+# The protocol a request came over (Request.version "2.0" or not), a column each.
+PROTOCOLS = ("HTTP/1.x", "HTTP/2")
 # One request row: a count per status column, histogram buckets (the last is
-# +Inf), the latency sum, response body bytes.
+# +Inf), the latency sum, response body bytes, a count per protocol.
 HIST = len(STATUS_LABELS)
 SUM = HIST + len(BUCKETS) + 1
 BODY_BYTES = SUM + 1
-REQUEST_WIDTH = BODY_BYTES + 1
+PROTOCOL = BODY_BYTES + 1
+REQUEST_WIDTH = PROTOCOL + len(PROTOCOLS)
 # One listener row: connections accepted, failed TLS handshakes, wire bytes in and out.
 CONNECTIONS, HANDSHAKE_FAILURES, RECEIVED, SENT = range(4)
 LISTENER_WIDTH = 4
@@ -148,13 +151,15 @@ class Recorder:
         self.layout = layout
         self.values = array("d", bytes(8 * layout.size))
 
-    def request(self, site: str, route: str, status: int, sent: int, duration: float) -> None:
+    def request(self, site: str, route: str, status: int, sent: int, duration: float,
+                h2: bool = False) -> None:
         base = self.layout.request_row(site, route) * REQUEST_WIDTH
         values = self.values
         values[base + status_column(status)] += 1
         values[base + HIST + bisect_left(BUCKETS, duration)] += 1  # "le": upper bounds count
         values[base + SUM] += duration
         values[base + BODY_BYTES] += sent
+        values[base + PROTOCOL + h2] += 1  # a bool indexes: no call on the hot path
 
     def listener(self, row: int, column: int, amount: float = 1) -> None:
         self.values[self.layout.listener_base + row * LISTENER_WIDTH + column] += amount
