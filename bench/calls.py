@@ -33,9 +33,10 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 @dataclass(frozen=True)
 class Scenario:
     name: str
-    site: str  # "proxy", "static", "wsgi" or "relay"
+    site: str  # "proxy", "static", "wsgi", "relay", or "h2" (both, h2c)
     path: str
     size: int
+    http2: bool = False  # the client speaks HTTP/2 (prior knowledge), one stream at a time
 
 
 SCENARIOS = (
@@ -46,6 +47,10 @@ SCENARIOS = (
     Scenario("WSGI hello 13 B", "wsgi", "/", 13),
     # The floor: the same request through the bare relay (``bench/relay.py``).
     Scenario("bare relay 13 B", "relay", "/13b.bin", 13),
+    # HTTP/2 (h2c with prior knowledge) to an instance with both a static root and a
+    # route: what a stream costs on top of the request it carries.
+    Scenario("h2 static 1 KiB", "h2", "/1k.bin", 1024, True),
+    Scenario("h2 proxied 13 B", "h2", "/api/13b.bin", 13, True),
 )
 
 # The client: connects, says it is ready, waits for "go", sends the requests one
@@ -66,6 +71,47 @@ def one():
         body += c.recv(65536)
 for _ in range(20):
     one()  # warm: the pool holds its upstream connection, caches are filled
+sys.stdout.write("ready\n"); sys.stdout.flush()
+sys.stdin.readline()
+for _ in range(count):
+    one()
+sys.stdout.write("done\n"); sys.stdout.flush()
+"""
+
+# The same client in HTTP/2 (h2c, prior knowledge): one stream at a time on one connection.
+_H2_CLIENT = r"""
+import socket, sys
+from h2.config import H2Configuration
+from h2.connection import H2Connection
+from h2.events import DataReceived, ResponseReceived, StreamEnded
+port, path, count, size = int(sys.argv[1]), sys.argv[2].encode(), int(sys.argv[3]), int(sys.argv[4])
+c = socket.create_connection(("127.0.0.1", port))
+c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+h = H2Connection(H2Configuration(client_side=True, header_encoding=None))
+h.initiate_connection()
+c.sendall(h.data_to_send())
+fields = [(b":method", b"GET"), (b":scheme", b"http"), (b":authority", b"bench"),
+          (b":path", path)]
+def one():
+    sid = h.get_next_available_stream_id()
+    h.send_headers(sid, fields, end_stream=True)
+    c.sendall(h.data_to_send())
+    got, ended = 0, False
+    while not ended:
+        for ev in h.receive_data(c.recv(65536)):
+            if isinstance(ev, ResponseReceived):
+                assert dict(ev.headers)[b":status"] == b"200", ev.headers
+            elif isinstance(ev, DataReceived):
+                got += len(ev.data)
+                h.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+            elif isinstance(ev, StreamEnded):
+                ended = True
+        out = h.data_to_send()
+        if out:
+            c.sendall(out)
+    assert got == size, got
+for _ in range(20):
+    one()
 sys.stdout.write("ready\n"); sys.stdout.flush()
 sys.stdin.readline()
 for _ in range(count):
@@ -130,7 +176,7 @@ class Worker:
         from bench import relay
 
         self.ports = {"proxy": _free_port(), "static": _free_port(), "wsgi": _free_port(),
-                      "relay": _free_port()}
+                      "relay": _free_port(), "h2": _free_port()}
         path = os.path.join(workdir, "rex.yaml")
         with open(path, "w") as f:
             f.write(f"""\
@@ -141,6 +187,9 @@ server:
     - {{host: 127.0.0.1, port: {self.ports["static"]}, public: "{www}"}}
     - {{host: 127.0.0.1, port: {self.ports["wsgi"]},
        routes: [{{path: /, destination: "wsgi:bench.wsgi_hello:app"}}]}}
+    - {{host: 127.0.0.1, port: {self.ports["h2"]}, public: "{www}", http2: cleartext,
+       routes: [{{path: /api, destination: "http://127.0.0.1:{upstream_port}",
+                  strip_prefix: true}}]}}
 pythonpath: ["{REPO}"]
 logging: {{access: off}}
 workers: 1
@@ -163,7 +212,8 @@ def _count(worker: Worker, scenario: Scenario, count: int) -> float:
     """Python calls made in this process per request of ``scenario``."""
     from gevent import subprocess as gsub
 
-    client = gsub.Popen([sys.executable, "-c", _CLIENT, str(worker.ports[scenario.site]),
+    code = _H2_CLIENT if scenario.http2 else _CLIENT
+    client = gsub.Popen([sys.executable, "-c", code, str(worker.ports[scenario.site]),
                          scenario.path, str(count), str(scenario.size)],
                         stdin=gsub.PIPE, stdout=gsub.PIPE, text=True)
     try:

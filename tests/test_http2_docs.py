@@ -62,8 +62,10 @@ def test_protection_figures_are_the_codes():
     table = PAGE[PAGE.index("## Protections"):PAGE.index("## Reloads")]
     assert f"| {h2conn.MAX_STREAMS} (SETTINGS_MAX_CONCURRENT_STREAMS)" in table
     assert f"| {h2conn.TABLE_SIZE} bytes" in table
-    assert f"more than {h2conn.EARLY_RESETS} in one second" in table
-    assert f"more than {h2conn.CONTROL_FRAMES} of them in one second" in table
+    assert (f"more than {h2conn.EARLY_RESETS} at once, or more than "
+            f"{h2conn.EARLY_RESETS_PER_SECOND} a second for long") in table
+    assert (f"more than {h2conn.CONTROL_FRAMES} of them at once, or more than "
+            f"{h2conn.CONTROL_FRAMES_PER_SECOND} a second for long") in table
     assert f"{h2conn.STREAM_WINDOW // 1024 + 1} KiB in flight" in table
     assert f"the connection {h2conn.CONNECTION_WINDOW >> 20} MiB" in table
 

@@ -24,6 +24,9 @@ from .request import HTTPError, Request
 # RFC 9113 §8.2.2: fields that only mean something to one HTTP/1.1 connection.
 CONNECTION_SPECIFIC = frozenset({b"connection", b"keep-alive", b"proxy-connection",
                                  b"transfer-encoding", b"upgrade"})
+# Preconditions and Range: without any, static files skip evaluating them.
+CONDITIONAL = frozenset({b"if-match", b"if-none-match", b"if-modified-since",
+                         b"if-unmodified-since", b"if-range", b"range"})
 _REQUEST_PSEUDO = frozenset({b":method", b":scheme", b":authority", b":path"})
 # A field name: lower-case token characters only (RFC 9113 §8.2.1, RFC 9110 §5.1).
 _NAME = re.compile(rb"[!#$%&'*+\-.^_`|~0-9a-z]+")
@@ -58,6 +61,7 @@ def request(fields: Sequence[Header], end_stream: bool, limits: H2Limits,
     checked = Fields(limits.header_bytes, 400, limits.fields, limits.field_bytes)
     cookies: list[bytes] = []
     host_field = None
+    conditional = False
     for name, value in fields:
         if name[:1] == b":":
             if not regular or name not in _REQUEST_PSEUDO or name in pseudo:
@@ -82,6 +86,8 @@ def request(fields: Sequence[Header], end_stream: bool, limits: H2Limits,
             continue
         if name == b"host":
             host_field = value
+        elif name in CONDITIONAL:
+            conditional = True
         checked.add(name, value)
     method = pseudo.get(b":method")
     if method is None or not _METHOD.fullmatch(method):
@@ -135,6 +141,7 @@ def request(fields: Sequence[Header], end_stream: bool, limits: H2Limits,
         server_port=server_port,
         scheme=scheme,
         raw_path=raw_path,
+        conditional=conditional,
     )
 
 

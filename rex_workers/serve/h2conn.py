@@ -13,8 +13,8 @@ streams (more are refused); header lists bounded by ``limits.header_bytes``
 (SETTINGS_MAX_HEADER_LIST_SIZE) and HPACK's table by ``TABLE_SIZE``; h2's cap
 of 64 CONTINUATION frames per header block; streams the client resets before
 their answer (CVE-2023-44487, "rapid reset"), and PING, SETTINGS and PRIORITY
-frames, each counted per second: past ``EARLY_RESETS`` / ``CONTROL_FRAMES``
-the connection ends with GOAWAY (ENHANCE_YOUR_CALM). A connection with no
+frames, each with a budget (a burst, then a sustained rate, ``_Budget``): past
+it the connection ends with GOAWAY (ENHANCE_YOUR_CALM). A connection with no
 stream waits ``timeouts.header`` for its first request and ``timeouts.idle``
 between them; a stream waits ``timeouts.read`` for flow-control window.
 """
@@ -25,6 +25,7 @@ import time
 import traceback
 
 import gevent
+from gevent.event import Event
 from gevent.lock import Semaphore
 from h2.config import H2Configuration
 from h2.connection import H2Connection
@@ -56,8 +57,11 @@ MAX_STREAMS = 128  # SETTINGS_MAX_CONCURRENT_STREAMS (nginx: 128)
 TABLE_SIZE = 4096  # SETTINGS_HEADER_TABLE_SIZE: the HPACK table a client may make us keep
 STREAM_WINDOW = 65535  # each stream's receive window: what one upload may have in flight
 CONNECTION_WINDOW = 1 << 20  # the whole connection's: several uploads at once
-EARLY_RESETS = 100  # streams reset by the client before their answer, per second
-CONTROL_FRAMES = 100  # PING, SETTINGS and PRIORITY frames, per second
+# Streams reset by the client before their answer: a burst, then a sustained rate.
+EARLY_RESETS, EARLY_RESETS_PER_SECOND = 100, 10
+# PING, SETTINGS and PRIORITY frames: a burst, then a sustained rate.
+CONTROL_FRAMES, CONTROL_FRAMES_PER_SECOND = 100, 20
+FLUSH_AT = 256 * 1024  # queued DATA bytes past which a stream sends them itself
 
 _CONFIG = H2Configuration(
     client_side=False, header_encoding=None,
@@ -73,22 +77,27 @@ class _Calm(Exception):
     """The client passed a flood limit: GOAWAY with ENHANCE_YOUR_CALM."""
 
 
-class _Rate:
-    """How many of something happened in the current second."""
+class _Budget:
+    """A token bucket: ``burst`` at once, then ``per_second`` (how a flood is told apart).
 
-    __slots__ = ("count", "limit", "second")
+    Counted over time rather than per calendar second, so that a flood spread
+    thin across second boundaries (a busy machine reads it slowly) is still seen.
+    """
 
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.second = 0
-        self.count = 0
+    __slots__ = ("burst", "per_second", "tokens", "when")
+
+    def __init__(self, burst: int, per_second: float) -> None:
+        self.burst = burst
+        self.per_second = per_second
+        self.tokens = float(burst)
+        self.when = time.monotonic()
 
     def over(self) -> bool:
-        now = int(time.monotonic())
-        if now != self.second:
-            self.second, self.count = now, 0
-        self.count += 1
-        return self.count > self.limit
+        """Spend one; True once the budget is gone."""
+        now = time.monotonic()
+        self.tokens = min(self.burst, self.tokens + (now - self.when) * self.per_second) - 1
+        self.when = now
+        return self.tokens < 0
 
 
 class H2Conn:
@@ -126,8 +135,11 @@ class H2Conn:
         self.closed = False
         self._early = early
         self._writing = Semaphore()
-        self._resets = _Rate(EARLY_RESETS)
-        self._control = _Rate(CONTROL_FRAMES)
+        self._wake = Event()
+        self._writer: gevent.Greenlet | None = None  # spawned at the first deferred flush
+        self.queued = 0  # DATA bytes queued in h2 since the last send
+        self._resets = _Budget(EARLY_RESETS, EARLY_RESETS_PER_SECOND)
+        self._control = _Budget(CONTROL_FRAMES, CONTROL_FRAMES_PER_SECOND)
 
     # -- the connection loop ----------------------------------------------------
     def serve(self) -> None:
@@ -223,7 +235,7 @@ class H2Conn:
             stream = self.streams.get(event.stream_id)
             if stream is not None:
                 if not stream.answered and self._resets.over():
-                    raise _Calm(f"more than {EARLY_RESETS} streams reset early in a second")
+                    raise _Calm("too many streams reset before their answer")
                 stream.reset_by_peer()
         elif kind is TrailersReceived:
             stream = self.streams.get(event.stream_id)
@@ -231,12 +243,12 @@ class H2Conn:
                 stream.got_trailers(event.headers)
         elif kind is RemoteSettingsChanged:
             if self._control.over():
-                raise _Calm(f"more than {CONTROL_FRAMES} control frames in a second")
+                raise _Calm("too many PING, SETTINGS or PRIORITY frames")
             if SettingCodes.INITIAL_WINDOW_SIZE in event.changed_settings:
                 self._window_opened()
         elif kind is PingReceived or kind is PriorityUpdated:
             if self._control.over():
-                raise _Calm(f"more than {CONTROL_FRAMES} control frames in a second")
+                raise _Calm("too many PING, SETTINGS or PRIORITY frames")
         elif kind is ConnectionTerminated:
             # h2 sends nothing after the client's GOAWAY: streams still open are cut.
             self.going_away = True
@@ -282,7 +294,12 @@ class H2Conn:
             self.idle = True
             self.quiet_since = time.monotonic()
             if self.going_away:
-                # The last stream after GOAWAY: wake the loop, which then ends.
+                # The last stream after GOAWAY: its answer out, then wake the loop,
+                # which ends the connection.
+                try:
+                    self.send_now()
+                except OSError:
+                    pass
                 shutdown_read(self.sock)
 
     # -- flow control ----------------------------------------------------------
@@ -296,19 +313,47 @@ class H2Conn:
 
     # -- writing ---------------------------------------------------------------
     def flush(self, extra: bytes = b"") -> None:
-        """Send every frame h2 has queued (and ``extra``, frames of Rex's own after them);
-        one writer at a time, in h2's order.
+        """Have every frame h2 has queued sent (and ``extra``, frames of Rex's own, now).
 
-        Frames made while another greenlet sends stay queued in h2 and go with the
-        next flush (the lock's next holder takes them all). Each send waits at most
-        ``timeouts.read`` for a client that does not read.
+        Frames wait for the connection's writer greenlet, which wakes once the
+        greenlets that run now are done: the answers of many streams, and the
+        reader's acknowledgements, leave in one send. Past ``FLUSH_AT`` queued
+        bytes the caller sends them itself, so a client that reads slowly holds
+        its streams back instead of filling memory.
         """
         if self.closed:
             raise ConnectionResetError("HTTP/2 connection closed")
+        if extra or self.queued >= FLUSH_AT:
+            self.send_now(extra)
+            return
+        if self._writer is None:
+            self._writer = gevent.spawn(self._write_loop)
+        self._wake.set()
+
+    def send_now(self, extra: bytes = b"") -> None:
+        """Send what h2 has queued, one sender at a time, in h2's order; each send waits
+        at most ``timeouts.read`` for a client that does not read."""
         with self._writing:
             data = self.h2.data_to_send() + extra
+            self.queued = 0
             if data:
                 deadline.call(self.ctx.timeouts.read, self.sock.sendall, data)
+
+    def _write_loop(self) -> None:
+        wake = self._wake
+        while True:
+            wake.wait()
+            wake.clear()
+            try:
+                self.send_now()
+            except OSError:
+                # The client stopped reading (or left): nothing more can reach it.
+                self.closed = True
+                try:
+                    self.sock.shutdown(2)  # wakes the reader, which ends the connection
+                except OSError:
+                    pass
+                return
 
     def _end(self, code: ErrorCodes | None) -> None:
         """GOAWAY (h2's own after a protocol error: ``code`` None) and stop.
@@ -320,7 +365,7 @@ class H2Conn:
         if code is not None and not self.closed:
             self.h2.close_connection(code)
         try:
-            self.flush()
+            self.send_now()
             if code is not ErrorCodes.NO_ERROR:
                 sock = self.sock
                 sock.shutdown(1)  # SHUT_WR: the GOAWAY is all we had to say
@@ -355,7 +400,14 @@ class H2Conn:
 
     # -- closing ---------------------------------------------------------------------
     def _close(self) -> None:
+        if not self.closed:
+            try:
+                self.send_now()  # what the writer had not sent yet
+            except OSError:
+                pass
         self.closed = True
+        if self._writer is not None:
+            self._writer.kill(block=False)
         for stream in list(self.streams.values()):
             stream.connection_lost()
         self.streams.clear()

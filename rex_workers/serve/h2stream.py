@@ -70,9 +70,11 @@ class H2Stream:
         self._left: int | None = None  # body bytes a content-length still allows
         self._chain = None
         self._source = None  # a streamed body that reads ahead when the client stalls
-        self._window = Event()
+        # Made when first waited on: most streams never wait (an Event costs more than
+        # the rest of a stream's state).
+        self._window: Event | None = None
         self._chunks: deque[tuple[bytes, int]] = deque()
-        self._arrival = Event()
+        self._arrival: Event | None = None
         self._ended = False  # END_STREAM came: the request body is all here
         self._body_done = request is None or not request.has_body
         self._received = 0
@@ -272,6 +274,7 @@ class H2Stream:
                     view = view[len(piece):]
                     room -= len(piece)
                     h2c.send_data(sid, piece.tobytes(), end_stream=last and not view)
+                    self.conn.queued += len(piece)
                 if not view and last and not size:
                     h2c.send_data(sid, b"", end_stream=True)
                 self.conn.flush()
@@ -300,6 +303,8 @@ class H2Stream:
         told = self._source is None  # a source that reads ahead hears of it once
         give_up = None
         opened = self._window
+        if opened is None:
+            opened = self._window = Event()
         while True:
             if self.gone:
                 raise StreamGone()
@@ -324,7 +329,8 @@ class H2Stream:
                 raise _NoWindow()
 
     def window_opened(self) -> None:
-        self._window.set()
+        if self._window is not None:
+            self._window.set()
 
     def _region(self, region: FileRegion) -> None:
         """A file region, read a burst at a time (sendfile cannot go under framing)."""
@@ -385,7 +391,8 @@ class H2Stream:
             self._malformed("more DATA than content-length")
             return
         self._chunks.append((data, flow))
-        self._arrival.set()
+        if self._arrival is not None:
+            self._arrival.set()
 
     def ended(self) -> None:
         req = self.request
@@ -394,7 +401,8 @@ class H2Stream:
             self._malformed("less DATA than content-length")
             return
         self._ended = True
-        self._arrival.set()
+        if self._arrival is not None:
+            self._arrival.set()
 
     def got_trailers(self, fields: Sequence[Header]) -> None:
         try:
@@ -417,8 +425,9 @@ class H2Stream:
         if self.gone:
             return
         self.gone = True
-        self._window.set()
-        self._arrival.set()
+        for event in (self._window, self._arrival):
+            if event is not None:
+                event.set()
         if self.greenlet is not None and not self.answered:
             self.greenlet.kill(block=False)
 
@@ -457,8 +466,11 @@ class H2Stream:
             if self._ended:
                 self._body_done = True
                 return
-            self._arrival.clear()
-            if not self._arrival.wait(read_timeout):
+            arrival = self._arrival
+            if arrival is None:
+                arrival = self._arrival = Event()
+            arrival.clear()
+            if not arrival.wait(read_timeout):
                 raise HTTPError("client body timed out", 408)
 
     def body_pending(self) -> bool:
