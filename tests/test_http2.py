@@ -238,6 +238,17 @@ def test_large_bodies_both_ways_under_flow_control(site, ca):
             assert json.loads(a.body)["body"].encode("latin-1") == body, path
 
 
+def test_wsgi_push_and_file_wrapper_over_h2(site, ca):
+    big = site.work / "public" / "big.bin"
+    with client(site, ca) as c:
+        a = c.get("/raw/write")  # write() before the returned body: the push API
+        assert a.status == 200 and a.body == b"written then returned"
+        a = c.get(f"/raw/file?{big}")  # file_wrapper: a file region, read as windows allow
+        assert a.status == 200 and a.body == BIG
+        a = c.get("/raw/sleep?0")
+        assert json.loads(a.body) == {"slept": "0"}
+
+
 def test_proxied_trailers_reach_the_client(site, ca):
     with client(site, ca) as c:
         a = c.get("/trailers/x")
@@ -412,3 +423,34 @@ graceful_timeout: 10
         wait_for(lambda: rex.workers() and rex.workers() != first, what="the new worker")
     finally:
         rex.stop()
+
+
+def test_a_header_list_over_the_limit_ends_the_connection(site, ca):
+    before = len(site.api.requests)
+    with client(site, ca) as c:
+        # Over limits.header_bytes (SETTINGS_MAX_HEADER_LIST_SIZE), which the client
+        # was told: HPACK refuses to decode it, so no stream can be answered.
+        c.request("/api/big-head", headers=[(b"x-big", b"b" * 70_000)])
+        c.until(lambda: c.terminated is not None or c.closed)
+        assert c.terminated is not None and c.terminated.error_code in (
+            ErrorCodes.ENHANCE_YOUR_CALM, ErrorCodes.PROTOCOL_ERROR,
+            ErrorCodes.COMPRESSION_ERROR)
+    assert len(site.api.requests) == before
+
+
+def test_a_client_may_not_grow_the_hpack_table(site, ca):
+    with client(site, ca) as c:
+        headers = HeadersFrame(1)
+        # A dynamic table size update to 65536 (RFC 7541 §6.3), over the 4096 Rex
+        # allows (SETTINGS_HEADER_TABLE_SIZE), then an indexed :method GET.
+        headers.data = b"\x3f\xe1\xff\x03" + b"\x82"
+        headers.flags.add("END_HEADERS")
+        headers.flags.add("END_STREAM")
+        c.send_raw(headers.serialize())
+        c.until(lambda: c.terminated is not None or c.closed)
+        # h2 answers every HPACK decoding error with PROTOCOL_ERROR (RFC 9113 §4.3
+        # says COMPRESSION_ERROR): either way the connection ends, nothing is served.
+        assert c.terminated is not None
+        assert c.terminated.error_code in (ErrorCodes.COMPRESSION_ERROR,
+                                           ErrorCodes.PROTOCOL_ERROR)
+    wait_for(lambda: "table size" in site.output().lower(), what="the error logged")
