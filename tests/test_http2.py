@@ -454,3 +454,13 @@ def test_a_client_may_not_grow_the_hpack_table(site, ca):
         assert c.terminated.error_code in (ErrorCodes.COMPRESSION_ERROR,
                                            ErrorCodes.PROTOCOL_ERROR)
     wait_for(lambda: "table size" in site.output().lower(), what="the error logged")
+
+
+def test_a_stalled_request_body_gets_408(site, ca):
+    before = len(site.api.requests)
+    with client(site, ca) as c:
+        sid = c.request("/api/slow-upload", "POST", b"part", end=False)  # then nothing
+        a = c.answer(sid, timeout=10)  # timeouts.read: 2
+        assert a.status == 408
+        assert c.get("/hello.txt").status == 200  # the connection goes on
+    assert len(site.api.requests) == before
