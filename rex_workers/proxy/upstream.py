@@ -144,8 +144,10 @@ class ConnectionPool:
         after the last response ended) is never read as the next response.
         ``fresh``: always connect (the retry after a stale pooled connection).
         """
-        idle = None if fresh else self._idle.get(up.conn_key)
-        now = time.monotonic()
+        key = up.conn_key
+        idle = self._idle[key] if not fresh and key in self._idle else None
+        if idle:
+            now = time.monotonic()
         while idle:
             since, sock, state = idle.pop()
             # EOF, or bytes nobody asked for: either way the connection is unusable,
@@ -156,11 +158,14 @@ class ConnectionPool:
             return sock, True, state
         return self.connect(up, connect_timeout), False, None
 
-    def put(self, up: Upstream, sock: socket.socket, state: object = None) -> None:
-        idle = self._idle.setdefault(up.conn_key, [])
+    def put(self, up: Upstream, sock: socket.socket, state: object = None,
+            now: float | None = None) -> None:
+        """Pool ``sock`` (with ``state``); ``now``: the caller's clock reading, if it has one."""
+        key = up.conn_key
+        idle = self._idle[key] if key in self._idle else self._idle.setdefault(key, [])
         if len(idle) >= MAX_IDLE_PER_UPSTREAM:
             idle.pop(0)[1].close()
-        idle.append((time.monotonic(), sock, state))
+        idle += ((time.monotonic() if now is None else now, sock, state),)
 
     def connect(self, up: Upstream, timeout: float) -> socket.socket:
         try:

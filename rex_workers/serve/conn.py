@@ -279,7 +279,8 @@ class ClientConn(H1Writer):
         """One read fed to the parser (errors come as FAIL events): ``_READ``, or
         ``_LATE`` when nothing came in ``timeout``, ``_EOF`` when the client closed."""
         sock = self.sock
-        sock.settimeout(None)  # the wait every request makes: a cheap deadline instead
+        if sock.timeout is not None:  # a slot: reading it is no call, setting it is
+            sock.settimeout(None)  # the wait every request makes: a cheap deadline instead
         try:
             data = deadline.call(timeout, sock.recv, READ_SIZE)
         except TimeoutError:
@@ -331,7 +332,7 @@ class ClientConn(H1Writer):
         self._body_seen = 0
         self._expect = False
         self.trailers = []
-        if not req.has_body:
+        if not (req.chunked or req.content_length):  # ``has_body``, without a property call
             self._body_done = True
             # A bodyless request's END came in the same feed as its head (with no
             # reader, the fast lane read the head alone).
