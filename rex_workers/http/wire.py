@@ -46,7 +46,13 @@ def send_all(sock, data, flags: int = 0, wait: float | None = None) -> None:
     What is left waits as the socket's timeout says, or ``wait`` seconds when given
     (the socket keeps that timeout after).
     """
-    sent = send_now(sock, data, flags)
+    if type(sock) is PlainSocket:  # ``send_now`` written out: one call less per write
+        try:
+            sent = sock._sock.send(data, flags)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+    else:
+        sent = sock.send(data, flags)
     if sent < len(data):
         if wait is not None:
             sock.settimeout(wait)

@@ -179,9 +179,10 @@ class UpstreamGroup:
     """The upstreams of one route in one worker: choice, load and health.
 
     The proxy calls ``choose`` (again with ``exclude`` to retry elsewhere), then
-    ``acquire``/``release`` around the attempt and ``failed``/``succeeded`` with
-    its outcome. Backups form a second tier used only when no primary can take
-    the request; when every upstream is down ``choose`` returns None at once.
+    ``acquire``/``release`` around the attempt (``take`` is the first two in one call)
+    and ``failed``/``succeeded`` with its outcome. Backups form a second tier used
+    only when no primary can take the request; when every upstream is down
+    ``choose`` returns None at once.
     """
 
     def __init__(self, upstreams: Sequence[Upstream], balance: str = "round_robin",
@@ -235,6 +236,20 @@ class UpstreamGroup:
                 slot.peer.health.chosen(now)
                 return slot.upstream
         return None
+
+    def take(self, client_ip: str = "", exclude: Collection[str] = ()) -> Upstream | None:
+        """``choose``, then ``acquire`` what it chose: the proxy's one call per attempt."""
+        lone = self._lone
+        if lone is not None:  # ``choose`` for a group of one, written out
+            up = lone.upstream
+            if not lone.peer.active_up or up.key in exclude:
+                return None
+            lone.peer.conns += 1
+            return up
+        up = self.choose(client_ip, exclude)
+        if up is not None:
+            self._peers[up.key].conns += 1
+        return up
 
     def acquire(self, up: Upstream) -> None:
         self._peers[up.key].conns += 1

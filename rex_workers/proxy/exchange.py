@@ -72,16 +72,15 @@ class Proxy:
         last: UpstreamError | None = None
         upstream_time = 0.0
         try:
-            while (up := group.choose(req.client_addr[0], tried)) is not None:
+            while (up := group.take(req.client_addr[0], tried)) is not None:
                 key = up.key
                 tried += (key,)
                 ex.up = up
                 outcome.upstream = key
-                group.acquire(up)
                 started = time.monotonic()
                 ex.upstream_end = 0.0
                 try:
-                    self._attempt(ex, up, body, idempotent)
+                    self._attempt(ex, up, body, idempotent, started)
                 except UpstreamError as exc:
                     group.failed(up)
                     last = exc
@@ -126,8 +125,10 @@ class Proxy:
         spool.end()
         return spool
 
-    def _attempt(self, ex: Exchange, up: Upstream, body, idempotent: bool) -> None:
-        """One upstream: send, relay; a stale pooled connection is retried once, fresh."""
+    def _attempt(self, ex: Exchange, up: Upstream, body, idempotent: bool,
+                 started: float) -> None:
+        """One upstream: send, relay; a stale pooled connection is retried once, fresh.
+        ``started``: when the attempt began (the pool's clock for idle connections)."""
         req, target, stream = ex.req, ex.target, ex.stream
         route = target.route
         if target.rewrite is not None:  # the route's rewrite: path and query as it says
@@ -153,7 +154,8 @@ class Proxy:
         buffers = self.buffers if route is None or route.buffer_responses else None
         pool = self.pool
         for fresh in (False, True):
-            sock, reused, reader = pool.get(up, target.timeouts.connect, fresh=fresh)
+            sock, reused, reader = pool.get(up, target.timeouts.connect, fresh=fresh,
+                                            now=started)
             # The connection's own reader when it is pooled with one (``reusable``).
             if reader is None:
                 reader = ResponseReader(self.header_limit, head_request)

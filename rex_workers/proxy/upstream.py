@@ -135,7 +135,8 @@ class ConnectionPool:
         self._resolver = resolver or Resolver()
         self._tls: ClientContexts | None = None  # made when an https upstream is first used
 
-    def get(self, up: Upstream, connect_timeout: float, *, fresh: bool = False):
+    def get(self, up: Upstream, connect_timeout: float, *, fresh: bool = False,
+            now: float | None = None):
         """``(socket, reused, state)``: an idle pooled connection (``reused`` True)
         with the state ``put`` beside it, or a new connection (state None).
 
@@ -143,10 +144,11 @@ class ConnectionPool:
         upstream closed is dropped, and one holding bytes nobody asked for (sent
         after the last response ended) is never read as the next response.
         ``fresh``: always connect (the retry after a stale pooled connection).
+        ``now``: the caller's clock reading, when it has one from just before.
         """
         key = up.conn_key
         idle = self._idle[key] if not fresh and key in self._idle else None
-        if idle:
+        if idle and now is None:
             now = time.monotonic()
         while idle:
             since, sock, state = idle.pop()

@@ -331,9 +331,14 @@ class H1Writer:
     def _send(self, data, flags: int = 0) -> None:
         """Send all of ``data``; what the client does not take at once waits (``_send_rest``)."""
         sock = self.sock
-        if type(sock) is not PlainSocket:
+        if type(sock) is PlainSocket:  # ``send_now`` written out: every response sends here
+            try:
+                sent = sock._sock.send(data, flags)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+        else:
             sock.settimeout(self._write_wait())  # a TLS socket's send waits itself
-        sent = send_now(sock, data, flags)
+            sent = sock.send(data, flags)
         while sent < len(data):
             if not self._keeps_up():
                 self._slowed()
