@@ -396,6 +396,37 @@ def test_state_reports_every_upstream():
     ]
 
 
+def test_take_chooses_and_acquires_as_the_two_calls_do():
+    a, b = node("a"), node("b")
+    g = group(a, b)
+    assert [g.take().host for _ in range(3)] == ["a", "b", "a"]
+    assert [row["conns"] for row in g.state()] == [2, 1]
+    assert g.take(exclude=("http://a:80", "http://b:80")) is None
+    assert g.passive  # max_fails 1: a success can bring one back
+    assert not group(node("a", max_fails=0), node("b", max_fails=0)).passive
+
+
+@pytest.mark.parametrize("backup", [False, True])
+def test_a_lone_upstream_keeps_every_rule_on_its_short_path(backup):
+    clock = Clock()
+    lone = node("a", backup=backup)
+    g = group(lone, clock=clock)
+    assert not g.passive  # never marked down passively: successes change nothing
+    for _ in range(5):
+        g.failed(lone)
+    assert g.take() is lone and g.choose() is lone
+    assert g.state()[0]["conns"] == 1 and g.state()[0]["up"]
+    assert g.take(exclude=(lone.key,)) is None  # tried already: no retry on itself
+    g.set_active_health(lone.key, False)  # the prober's verdict: a 502, as before
+    assert g.take() is None and g.choose() is None
+    g.set_active_health(lone.key, True)
+    assert g.take() is lone
+    g.release(lone)
+    g.release(lone)
+    g.release(lone)  # never below zero
+    assert g.state()[0]["conns"] == 0
+
+
 # ------------------------------------------------------------------ the prober
 
 

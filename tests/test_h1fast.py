@@ -255,3 +255,20 @@ def test_the_lane_says_whether_a_head_may_be_conditional(field):
     head = WRK[:-2] + field + b"\r\n"
     req = fast_request(head, ("", 0), 80, "http")
     assert req is not None and req.conditional is True
+
+
+def test_host_verdicts_are_remembered_only_for_valid_hosts_and_within_a_bound():
+    # The lane remembers a valid Host's name (a client repeats it on every request);
+    # the memory must give what judging gives, hold no invalid value, and stay bounded.
+    from rex_workers.http import authority
+
+    head = b"GET / HTTP/1.1\r\nHost: %s\r\n"
+    for _ in range(2):  # judged, then remembered
+        assert fast_request(head % b"Mixed.Example:81", ("", 0), 80, "http").host \
+            == "mixed.example"
+    assert authority.VALID_HOSTS[b"Mixed.Example:81"] == "mixed.example"
+    assert fast_request(head % b"a..b", ("", 0), 80, "http") is None
+    assert b"a..b" not in authority.VALID_HOSTS
+    for n in range(authority._VALID_HOSTS_MAX + 10):
+        assert authority.valid_host(b"h%d.example" % n) == f"h{n}.example"
+    assert len(authority.VALID_HOSTS) <= authority._VALID_HOSTS_MAX

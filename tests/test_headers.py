@@ -6,6 +6,7 @@ import pytest
 
 from rex_workers.config.model import Upstream
 from rex_workers.http import h1write
+from rex_workers.http.fieldnames import LOWER
 from rex_workers.http.h1read import Response
 from rex_workers.http.request import Request, is_websocket
 from rex_workers.proxy import headers
@@ -218,3 +219,22 @@ def test_is_websocket():
     assert is_websocket(up)
     assert not is_websocket(make_request((b"Upgrade", b"h2c"), upgrade=True))
     assert not is_websocket(make_request((b"Upgrade", b"websocket")))
+
+
+def test_the_field_name_table_maps_each_name_to_its_lower_case():
+    # The header loops look names up here instead of calling lower(): a wrong entry
+    # would forward a hop-by-hop field or drop an end-to-end one.
+    assert LOWER and all(lower == name.lower() for name, lower in LOWER.items())
+    assert LOWER[b"Content-Length"] == LOWER[b"content-length"] == b"content-length"
+
+
+def test_fields_outside_the_table_are_judged_as_before():
+    req = make_request((b"Host", b"h"), (b"CONNECTION", b"x-gone"), (b"X-Gone", b"1"),
+                       (b"TRANSFER-encoding", b"chunked"), (b"X-Kept", b"2"))
+    fields = forward(req)
+    assert value(fields, b"x-kept") == b"2"
+    assert value(fields, b"x-gone") is None and value(fields, b"transfer-encoding") is None
+    resp = Response(200, "1.1", [(b"SERVER", b"s"), (b"KEEP-ALIVE", b"timeout=5"),
+                                 (b"dAtE", b"d")], 0, False, True, False, b"OK")
+    out = headers.response_fields(resp)
+    assert out == [(b"SERVER", b"s"), (b"dAtE", b"d"), (b"Via", b"1.1 rex")]

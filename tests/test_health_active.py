@@ -161,3 +161,27 @@ def test_a_route_shows_only_its_own_health_check(rex, upstream):
     assert "health" not in plain
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/plain", timeout=5) as resp:
         assert resp.status == 200
+
+
+def test_a_lone_upstream_the_prober_marks_down_answers_502_then_recovers(rex, upstream):
+    # A group of one takes a short path (no clock, no passive health): the prober's
+    # verdict must still stop its traffic, as with any group.
+    a = flaky(upstream)
+    port = free_port()
+    rex.write(site_config(port, f"""\
+        - path: /api
+          destination: "{a.url}"
+          health_check: {{path: /health, interval: 100ms, timeout: 1s, fails: 1, passes: 1}}
+    """, "logging: {access: off}\n"))
+    rex.start(ports=(port,))
+
+    def status() -> int:
+        return send_request(port, b"GET /api HTTP/1.1\r\nHost: x\r\n\r\n").status
+
+    assert status() == 200
+    a.server.healthy = False
+    wait_for(lambda: status() == 502, what="the lone upstream out of rotation")
+    before = a.server.hits
+    assert status() == 502 and a.server.hits == before  # no request reached it
+    a.server.healthy = True
+    wait_for(lambda: status() == 200, what="the lone upstream back")

@@ -106,7 +106,8 @@ def _glob_regex(segment: str) -> re.Pattern[str]:
 class _Node:
     """One trie position: children by literal segment, by glob, and a ``**`` child."""
 
-    __slots__ = ("closure", "deep", "entries", "globs", "literals", "loops", "plain")
+    __slots__ = ("any_method", "closure", "deep", "entries", "globs", "hits", "literals",
+                 "loops", "plain", "solo", "width")
 
     def __init__(self, loops: bool = False) -> None:
         self.literals: dict[str, _Node] = {}
@@ -116,6 +117,11 @@ class _Node:
         self.entries: list[_Entry] = []  # routes whose pattern ends here, best first
         self.closure: tuple[_Node, ...] = (self,)  # self plus what "**" reaches free
         self.plain = True  # literal children only: the walk's fast path
+        # Set once the trie is built (``RouteTable``), so the walk makes no calls for them:
+        self.hits: tuple[_Node, ...] = ()  # the closure's nodes that end a pattern
+        self.width = 1  # len(closure)
+        self.solo = True  # the closure is this plain node alone
+        self.any_method: _Entry | None = None  # the best entry, when it takes any method
 
     def child(self, segment: str) -> _Node:
         if segment == DEEP:
@@ -177,12 +183,18 @@ class RouteTable:
             if node.deep is not None:
                 node.closure = (node, node.deep)
             node.plain = not (node.globs or node.deep or node.loops)
+        for node in self._root.nodes():
+            node.hits = tuple(n for n in node.closure if n.entries)
+            node.width = len(node.closure)
+            node.solo = node.width == 1 and node.plain
+            if node.entries and node.entries[0].methods is None:
+                node.any_method = node.entries[0]
 
     def match(self, method: str, path: str) -> Match | None:
         """The best route for ``path`` that accepts ``method``, or None."""
         best: _Entry | None = None
         for node in self._walk(path)[0]:
-            entry = _first_accepting(node.entries, method)
+            entry = node.any_method or _first_accepting(node.entries, method)
             if entry is not None and (best is None or entry.rank < best.rank):
                 best = entry
         return None if best is None else best.match
@@ -207,20 +219,26 @@ class RouteTable:
         counts, since a pattern matches everything below it.
         """
         trimmed = path.strip("/")
-        states = self._root.closure
-        visited = len(states)
-        hits = [n for n in states if n.entries]
+        node: _Node | None = self._root
+        states = node.closure
+        visited = node.width
+        hits = [*node.hits]
         for segment in trimmed.split("/") if trimmed else ():
-            if len(states) == 1 and states[0].plain:
-                # The common case, literal routes only: one dict look-up a segment.
-                child = states[0].literals.get(segment)
-                if child is None:
+            if node is not None and node.solo:
+                # The common case, literal routes only: one dict look-up a segment, and
+                # what the trie holds for the node found (no call).
+                literals = node.literals
+                if segment not in literals:
                     break
-                states = child.closure
-            else:
-                states = _step(states, segment)
-                if not states:
-                    break
+                node = literals[segment]
+                states = node.closure
+                visited += node.width
+                hits += node.hits
+                continue
+            node = None  # several positions from here on: the general step
+            states = _step(states, segment)
+            if not states:
+                break
             visited += len(states)
             hits.extend([n for n in states if n.entries])
         return hits, visited

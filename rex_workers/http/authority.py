@@ -50,6 +50,24 @@ def authority_error(value: bytes) -> str | None:
     return None
 
 
+# Host values found valid, with their ``host_only``: a client sends the same Host on
+# every request, and judging it is a pure function of its bytes. Bounded: once full,
+# new values are judged each time (a flood of names cannot grow it).
+VALID_HOSTS: dict[bytes, str] = {}
+_VALID_HOSTS_MAX = 256
+
+
+def valid_host(value: bytes) -> str | None:
+    """``host_only(value)`` when ``value`` is a valid host[:port], else None; remembered
+    for the next request in ``VALID_HOSTS`` (look there first: that is no call)."""
+    if authority_error(value) is not None:
+        return None
+    host = host_only(value)
+    if len(VALID_HOSTS) < _VALID_HOSTS_MAX:
+        VALID_HOSTS[value] = host
+    return host
+
+
 def host_only(value: bytes) -> str:
     """The host of a valid value, lower-cased, without its port; IPv6 keeps its brackets."""
     h = value.lower()

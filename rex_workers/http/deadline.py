@@ -52,7 +52,8 @@ def call(seconds: float | None, fn, arg):
     try:
         return fn(arg)
     finally:
-        _due.pop(me, None)
+        if me in _due:  # gone when the sweeper fired it
+            del _due[me]  # noqa: RUF051 - pop would be a call, twice per request
 
 
 def _sweep() -> None:

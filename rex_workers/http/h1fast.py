@@ -25,7 +25,8 @@ from __future__ import annotations
 
 import re
 
-from .authority import authority_error, host_only
+from .authority import VALID_HOSTS, valid_host
+from .fieldnames import LOWER
 from .framing import SINGLETONS, Response
 from .request import Request
 
@@ -83,12 +84,12 @@ def fast_request(head: bytes, client_addr: tuple[str, int], server_port: int,
     host = None
     keep_alive = True
     conditional = False
-    seen: set[bytes] = set()
+    seen: tuple[bytes, ...] = ()  # a tuple: adding to it is no call
     for name, value in _SPECIAL.findall(block):
-        lname = name.lower()
+        lname = LOWER[name] if name in LOWER else name.lower()  # no call when common
         if lname in seen or lname in _SLOW:
             return None  # a second Host or singleton, a body, an upgrade: llhttp's
-        seen.add(lname)
+        seen += (lname,)
         if lname == b"host":
             host = value
         elif lname in _CONDITIONAL:
@@ -97,11 +98,14 @@ def fast_request(head: bytes, client_addr: tuple[str, int], server_port: int,
             keep_alive = _KEEP.get(value.lower())
             if keep_alive is None:
                 return None
-    if not host or authority_error(host) is not None:
-        return None  # missing, empty or invalid: the strict path says which 400
+    if not host:
+        return None  # missing or empty: the strict path says which 400
+    name = VALID_HOSTS[host] if host in VALID_HOSTS else valid_host(host)
+    if name is None:
+        return None  # invalid: the strict path says why
     raw_path, _, query = target.partition(b"?")
     return Request(method.decode(), target, "", query, "1.1", _FIELD.findall(block),
-                   host_only(host), keep_alive, None, False, False, client_addr,
+                   name, keep_alive, None, False, False, client_addr,
                    server_port, scheme, raw_path, conditional)
 
 
@@ -117,20 +121,26 @@ def fast_response(head: bytes) -> Response | None:
     length = None
     connection = None
     for name, value in _FRAMING.findall(block):
-        lname = name.lower()
+        lname = LOWER[name] if name in LOWER else name.lower()  # no call when common
+        # ``not value[18:]``: at most 18 digits, without a call to len().
         if lname == b"content-length" and length is None and value.isdigit() \
-                and len(value) <= 18:
+                and not value[18:]:
             length = int(value)
         elif lname == b"connection" and connection is None:
-            connection = value.lower()
+            connection = _CONNECTION_VALUES[value] if value in _CONNECTION_VALUES \
+                else value.lower()
         else:
             return None  # Transfer-Encoding, a framing field twice, a length not plain digits
     if length is None or connection not in _CONNECTIONS:
         return None
     # RFC 9112 §9.3: HTTP/1.1 stays open unless "close"; HTTP/1.0 only on "keep-alive".
     keep_alive = connection != b"close" if minor == b"1" else connection == b"keep-alive"
-    return Response(int(status), "1." + minor.decode(), _FIELD.findall(block), length, False,
+    return Response(int(status), _VERSIONS[minor], _FIELD.findall(block), length, False,
                     keep_alive, False, reason)
 
 
 _CONNECTIONS = frozenset({None, b"keep-alive", b"close"})
+# Their usual spellings, lower-cased without a call.
+_CONNECTION_VALUES = {b"keep-alive": b"keep-alive", b"Keep-Alive": b"keep-alive",
+                      b"close": b"close", b"Close": b"close"}
+_VERSIONS = {b"0": "1.0", b"1": "1.1"}  # the minor digit _RESPONSE allows

@@ -351,16 +351,20 @@ class ResponseReader(Reader):
 
     def _rest_of_body(self, data: bytes) -> None:
         left = self._left
-        if len(data) > left:
+        size = len(data)
+        if size > left:
             # Bytes after the end: never the next client's response (``leftover``).
             self.leftover = True
             data = data[:left]
-        if data:
-            self._left = left - len(data)
+            size = left
+        if size:
+            self._left = left = left - size
             self.events.append((BODY, data))
-        if not self._left:
+        if not left:
             self.complete = True
-            self._finish()
+            if not self.done:  # ``_finish`` written out
+                self.done = True
+                self.events.append((END, self._trailers or []))
 
     def feed_eof(self) -> None:
         """The upstream closed. Close-delimited bodies end here (RFC 9112 §6.3 item 8)."""

@@ -65,22 +65,24 @@ def head(status: int, headers: Sequence[Header], *, mode: str, length: int | Non
     answer (it describes the GET's representation, RFC 9110 §8.6), never on a
     1xx or 204. ``upgrade``: the protocol a 101 switches to.
     """
-    out = [_STATUS_LINES.get((status, reason)) or status_line(status, reason)]
+    key = (status, reason)
+    # Bytes added in place, and the status line looked up without a call: every
+    # response passes here.
+    out = _STATUS_LINES[key] if key in _STATUS_LINES else status_line(status, reason)
     if headers:
         # One C-level pass over the fields (a Python loop costs twice as much).
-        out += (b"\r\n".join(map(_FIELD, headers)), b"\r\n")
+        out += b"\r\n".join(map(_FIELD, headers)) + b"\r\n"
     if length is not None and status >= 200 and status != 204:
-        out.append(b"Content-Length: %d\r\n" % length)
+        out += b"Content-Length: %d\r\n" % length
     if mode == CHUNKED:
-        out.append(b"Transfer-Encoding: chunked\r\n")
+        out += b"Transfer-Encoding: chunked\r\n"
     if upgrade is not None:
-        out += (b"Connection: upgrade\r\nUpgrade: ", upgrade, b"\r\n")
+        out += b"Connection: upgrade\r\nUpgrade: " + upgrade + b"\r\n"
     elif not keep_alive:
-        out.append(_CLOSE)
+        out += _CLOSE
     elif version == "1.0":
-        out.append(_KEEP_ALIVE)
-    out.append(b"\r\n")
-    return b"".join(out)
+        out += _KEEP_ALIVE
+    return out + b"\r\n"
 
 
 def interim(status: int, headers: Sequence[Header], reason: bytes = b"") -> bytes:

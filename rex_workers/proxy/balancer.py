@@ -179,9 +179,10 @@ class UpstreamGroup:
     """The upstreams of one route in one worker: choice, load and health.
 
     The proxy calls ``choose`` (again with ``exclude`` to retry elsewhere), then
-    ``acquire``/``release`` around the attempt and ``failed``/``succeeded`` with
-    its outcome. Backups form a second tier used only when no primary can take
-    the request; when every upstream is down ``choose`` returns None at once.
+    ``acquire``/``release`` around the attempt (``take`` is the first two in one call)
+    and ``failed``/``succeeded`` with its outcome. Backups form a second tier used
+    only when no primary can take the request; when every upstream is down
+    ``choose`` returns None at once.
     """
 
     def __init__(self, upstreams: Sequence[Upstream], balance: str = "round_robin",
@@ -212,9 +213,19 @@ class UpstreamGroup:
             if members:
                 slots = tuple(Slot(i, up, self._peers[up.key]) for i, up in enumerate(members))
                 self._tiers.append((slots, algorithm(slots, rng)))
+        # A group of one: never marked down passively (above), so only the prober's
+        # verdict and ``exclude`` can rule it out; ``choose`` needs no clock for it.
+        self._lone: Slot | None = self._tiers[0][0][0] if lone else None
+        # Whether a success can change anything: only an upstream that can be marked
+        # down (max_fails above 0) is brought back by one. The proxy asks first.
+        self.passive = any(peer.health.max_fails for peer in self._peers.values())
 
     def choose(self, client_ip: str = "", exclude: Collection[str] = ()) -> Upstream | None:
         """The upstream for the next attempt, or None when nothing live is left to try."""
+        lone = self._lone
+        if lone is not None:
+            up = lone.upstream
+            return up if lone.peer.active_up and up.key not in exclude else None
         now = self._clock()
         for slots, algorithm in self._tiers:
             live = [s for s in slots if s.peer.available(now) and s.upstream.key not in exclude]
@@ -226,12 +237,26 @@ class UpstreamGroup:
                 return slot.upstream
         return None
 
+    def take(self, client_ip: str = "", exclude: Collection[str] = ()) -> Upstream | None:
+        """``choose``, then ``acquire`` what it chose: the proxy's one call per attempt."""
+        lone = self._lone
+        if lone is not None:  # ``choose`` for a group of one, written out
+            up = lone.upstream
+            if not lone.peer.active_up or up.key in exclude:
+                return None
+            lone.peer.conns += 1
+            return up
+        up = self.choose(client_ip, exclude)
+        if up is not None:
+            self._peers[up.key].conns += 1
+        return up
+
     def acquire(self, up: Upstream) -> None:
         self._peers[up.key].conns += 1
 
     def release(self, up: Upstream) -> None:
         peer = self._peers[up.key]
-        peer.conns = max(peer.conns - 1, 0)
+        peer.conns = peer.conns - 1 if peer.conns > 0 else 0
 
     def failed(self, up: Upstream) -> bool:
         """An attempt failed before a response; True when that took ``up`` out of rotation."""
@@ -240,6 +265,7 @@ class UpstreamGroup:
         return self._peers[up.key].health.failed(self._clock())
 
     def succeeded(self, up: Upstream) -> None:
+        """Record a successful exchange (a no-op unless ``passive``)."""
         self._peers[up.key].health.succeeded(self._clock())
 
     def set_active_health(self, key: str, up: bool) -> None:

@@ -25,7 +25,7 @@ from ..http.message import FileRegion, Stream, Tunnel
 from ..http.message import Response as Answer
 from ..http.request import Abort, HTTPError, Request, printable
 from ..http.urlpath import rewrite
-from ..http.wire import send_all
+from ..http.wire import PlainSocket, send_all
 from . import headers
 from .headers import TrustedProxies
 from .relay import Buffers, Relay
@@ -35,6 +35,8 @@ from .upstream import ConnectionPool, UpstreamError, abort, send_problem
 
 # RFC 9110 §9.2.2; these may be sent again when a first attempt got no answer.
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
+# Methods whose Max-Forwards a proxy honours (RFC 9110 §7.6.2; ``max_forwards_exhausted``).
+_MAX_FORWARDS = frozenset({"TRACE", "OPTIONS"})
 
 
 class Proxy:
@@ -50,35 +52,35 @@ class Proxy:
     def forward(self, stream: Stream, target: Target) -> None:
         """Proxy the stream's request. Raises HTTPError when no upstream answered it."""
         req = stream.request
-        if headers.max_forwards_exhausted(req):
+        if req.method in _MAX_FORWARDS and headers.max_forwards_exhausted(req):
             stream.respond(_answer_here(req, target))
             return
         ex = Exchange(stream, target, self.trusted)
         # Small bodies have usually arrived with the head: take them now, so head and
         # body go out in one write and can be replayed on another connection.
-        body = stream.buffered_body() if req.has_body else ()
+        # ``req.has_body`` written out: a property read is a call, on every request.
+        body = stream.buffered_body() if req.chunked or req.content_length else ()
         route = target.route
         if body is None and not req.upgrade and (route is None or route.buffer_requests):
             body = self._read_body(stream)
         group = target.group
         retries = route.retries if route else 1
-        tried: set[str] = set()
+        tried: tuple[str, ...] = ()  # keys already tried (a tuple: no call to add one)
         sent_attempts = 0  # attempts that reached an upstream: only these use up ``retries``
         idempotent = req.method in IDEMPOTENT
         outcome = stream.outcome
         last: UpstreamError | None = None
         upstream_time = 0.0
         try:
-            while (up := group.choose(req.client_addr[0], tried)) is not None:
+            while (up := group.take(req.client_addr[0], tried)) is not None:
                 key = up.key
-                tried.add(key)
+                tried += (key,)
                 ex.up = up
                 outcome.upstream = key
-                group.acquire(up)
                 started = time.monotonic()
                 ex.upstream_end = 0.0
                 try:
-                    self._attempt(ex, up, body, idempotent)
+                    self._attempt(ex, up, body, idempotent, started)
                 except UpstreamError as exc:
                     group.failed(up)
                     last = exc
@@ -91,7 +93,8 @@ class Proxy:
                         # have acted on a non-idempotent request, or it timed out (SPEC §5).
                         break
                 else:
-                    group.succeeded(up)
+                    if group.passive:
+                        group.succeeded(up)
                     return
                 finally:
                     group.release(up)
@@ -122,8 +125,10 @@ class Proxy:
         spool.end()
         return spool
 
-    def _attempt(self, ex: Exchange, up: Upstream, body, idempotent: bool) -> None:
-        """One upstream: send, relay; a stale pooled connection is retried once, fresh."""
+    def _attempt(self, ex: Exchange, up: Upstream, body, idempotent: bool,
+                 started: float) -> None:
+        """One upstream: send, relay; a stale pooled connection is retried once, fresh.
+        ``started``: when the attempt began (the pool's clock for idle connections)."""
         req, target, stream = ex.req, ex.target, ex.stream
         route = target.route
         if target.rewrite is not None:  # the route's rewrite: path and query as it says
@@ -149,13 +154,13 @@ class Proxy:
         buffers = self.buffers if route is None or route.buffer_responses else None
         pool = self.pool
         for fresh in (False, True):
-            sock, reused, reader = pool.get(up, target.timeouts.connect, fresh=fresh)
+            sock, reused, reader = pool.get(up, target.timeouts.connect, fresh=fresh,
+                                            now=started)
             # The connection's own reader when it is pooled with one (``reusable``).
             if reader is None:
                 reader = ResponseReader(self.header_limit, head_request)
             else:
                 reader.reset(head_request)
-            sock.settimeout(target.timeouts.read)
             relay = Relay(ex, pool, up, sock, reader, buffers)
             try:
                 _exchange(ex, relay, head, parts, body is None)
@@ -216,11 +221,22 @@ def _exchange(ex: Exchange, relay: Relay, head: bytes, parts: list, streaming: b
     # What is in memory goes with the head; a body spooled to disk follows from a
     # greenlet of its own, so the response is read meanwhile (an upstream that
     # answers while it reads, as an echo does, never deadlocks).
-    split = len(parts)
+    out, split, rest = head, 0, False
     if parts:
-        split = next((n for n, part in enumerate(parts) if type(part) is FileRegion), split)
+        split = next((n for n, part in enumerate(parts) if type(part) is FileRegion),
+                     len(parts))
+        rest = split < len(parts)
+        if split:
+            out = b"".join([head, *parts[:split]])
+    timeout = ex.target.timeouts.read
+    # An upload shares the socket after the head, and a TLS socket's send waits by
+    # itself: both wait as the socket's timeout says. A plain socket alone with this
+    # greenlet needs it only for what the kernel does not take at once (``wait``).
+    shared = streaming or rest or type(sock) is not PlainSocket
+    if shared:
+        sock.settimeout(timeout)
     try:
-        send_all(sock, b"".join([head, *parts[:split]]) if split else head)
+        send_all(sock, out, wait=timeout)
     except OSError as exc:
         # Nothing was answered yet: a pooled connection the upstream had closed.
         raise UpstreamError(f"sending to upstream failed: {send_problem(sock, exc)}",
@@ -229,12 +245,13 @@ def _exchange(ex: Exchange, relay: Relay, head: bytes, parts: list, streaming: b
         stream.expect_continue()
         ex.uploading = True
         uploader = gevent.spawn(_upload, ex, sock)
-    elif split < len(parts):
+    elif rest:
         ex.uploading = True
         uploader = gevent.spawn(_upload_parts, ex, sock, parts[split:])
-    else:
+    elif sock.timeout is not None:
         # Only this greenlet uses the socket now: its reads get a cheap deadline
-        # instead of the socket's timeout (``deadline``); the pool sets it back.
+        # instead of the socket's timeout (``deadline``); a slot read tells whether
+        # it has one to take off (a fresh connection's, a pooled upload's).
         sock.settimeout(None)
     try:
         resp = relay.head()
@@ -248,8 +265,11 @@ def _exchange(ex: Exchange, relay: Relay, head: bytes, parts: list, streaming: b
             events.clear()
             stream.respond(Answer(101, fields, Tunnel(sock, early), reason=resp.reason))
             return  # the tunnel is over: ``close`` below closes the socket
-        stream.respond(Answer(resp.status, fields, relay, resp.content_length,
-                              reason=resp.reason))
+        # A small answer is all in hand with its head: it goes out as bytes, in one
+        # send, its upstream connection back in the pool first.
+        body = relay.whole()
+        stream.respond(Answer(resp.status, fields, relay if body is None else body,
+                              resp.content_length, reason=resp.reason))
     finally:
         relay.close()
         if uploader is not None:

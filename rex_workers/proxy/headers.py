@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from functools import lru_cache
 
 from ..config.model import Upstream
+from ..http.fieldnames import LOWER as _LOWER
 from ..http.h1read import Response
 from ..http.message import Header
 from ..http.pages import http_date
@@ -42,6 +43,11 @@ _VIA = {"1.1": b"1.1 rex", "1.0": b"1.0 rex", "2.0": b"2.0 rex"}  # RFC 9110 §7
 # RFC 9110 §9.3.8: the final recipient of a TRACE leaves out what may be secret.
 _TRACE_HIDDEN = frozenset({b"authorization", b"proxy-authorization", b"cookie"})
 DEFAULT_ALLOW = b"GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS, TRACE"
+
+# Request lines and forwarding values as bytes, without an encode per request.
+_METHODS = {m: m.encode() for m in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE",
+                                    "OPTIONS", "TRACE")}
+_SCHEMES = {"http": b"http", "https": b"https"}
 
 _PLAIN_CONNECTION = frozenset({b"keep-alive", b"Keep-Alive", b"close", b"Close", b"upgrade",
                                b"Upgrade"})
@@ -83,12 +89,19 @@ class TrustedProxies:
         return any(addr in n for n in self._nets)
 
 
-@lru_cache(maxsize=256)
 def host_header(up: Upstream) -> bytes:
     """``Host`` for a request to ``up``: the port only when it is not the default."""
     default = 443 if up.scheme == "https" else 80
     host = f"[{up.host}]" if ":" in up.host else up.host
-    return (host if up.port == default else f"{host}:{up.port}").encode()
+    value = (host if up.port == default else f"{host}:{up.port}").encode()
+    if len(_HOSTS) < 1024:  # the config's upstreams: a bound that is never reached
+        _HOSTS[up.key] = value
+    return value
+
+
+# ``host_header`` by ``Upstream.key``, which fixes scheme, host and port: a look-up
+# per request instead of hashing the Upstream (a Python call, as lru_cache does).
+_HOSTS: dict[str, bytes] = {}
 
 
 def public_origin(req: Request, trusted: TrustedProxies) -> bytes:
@@ -110,33 +123,25 @@ def request_head(
     websocket: bool,
     length: int | None,
     chunked: bool,
+    listed: frozenset[bytes] = _NONE,
 ) -> bytes:
     """The head Rex sends upstream for ``req`` (always HTTP/1.1, keep-alive).
 
     ``length`` and ``chunked`` frame the body as Rex sends it, which may differ
-    from how it came (a buffered chunked body goes with its length).
+    from how it came (a buffered chunked body goes with its length). ``listed``:
+    the names ``Connection`` listed (the second pass, rare).
+
+    Every request passes here: the loop looks names up (``_LOWER``) and adds to
+    lists in place rather than calling, and the fixed lines come from tables.
     """
-    framing = (b"Transfer-Encoding: chunked\r\n" if chunked
-               else b"Content-Length: %d\r\n" % length if length is not None else b"")
-    head, listed = _request_head(req, target, up, preserve_host, trusted, websocket, framing,
-                                 frozenset())
-    if listed:
-        # Rare: Connection names end-to-end fields, which must go too. One more pass
-        # beats scanning for Connection ahead of every request.
-        head, _ = _request_head(req, target, up, preserve_host, trusted, websocket, framing,
-                                listed)
-    return head
-
-
-def _request_head(req: Request, target: bytes, up: Upstream, preserve_host: bool,
-                  trusted: bool, websocket: bool, framing: bytes, listed: frozenset[bytes]
-                  ) -> tuple[bytes, frozenset[bytes]]:
     found = listed
-    out = [req.method.encode(), b" ", target, b" HTTP/1.1\r\n"]
+    method = req.method
+    out = [_METHODS[method] if method in _METHODS else method.encode(), b" ", target,
+           b" HTTP/1.1\r\n"]
     xff = via = orig_host = b""
     proto = fwd_host = fwd_port = None
     for name, value in req.headers:
-        lname = name.lower()
+        lname = _LOWER[name] if name in _LOWER else name.lower()
         if lname not in _REQUEST_SPECIAL:
             if not listed or lname not in listed:
                 out += (name, b": ", value, b"\r\n")
@@ -144,11 +149,12 @@ def _request_head(req: Request, target: bytes, up: Upstream, preserve_host: bool
         if lname == b"host":
             orig_host = value
         elif lname == b"connection":
-            found = found | _tokens(value, _REQUEST_SPECIAL)
+            if value not in _PLAIN_CONNECTION:
+                found = found | _tokens(value, _REQUEST_SPECIAL)
         elif lname == b"via":
             via = value if not via else via + b", " + value
         elif lname == b"max-forwards":
-            out += (name, b": ", _decrement(value, req.method), b"\r\n")
+            out += (name, b": ", _decrement(value, method), b"\r\n")
         elif lname in FORWARDING and trusted:
             if lname == b"x-forwarded-for":
                 xff = value if not xff else xff + b", " + value
@@ -162,23 +168,35 @@ def _request_head(req: Request, target: bytes, up: Upstream, preserve_host: bool
                 out += (name, b": ", value, b"\r\n")  # Forwarded: kept as it came
         # Everything else here is hop-by-hop, untrusted forwarding data, or
         # Expect, which Rex answers itself (see handler): not forwarded.
+    if found and not listed:
+        # Rare: Connection names end-to-end fields, which must go too. One more pass
+        # beats scanning for Connection ahead of every request.
+        return request_head(req, target, up, preserve_host=preserve_host, trusted=trusted,
+                            websocket=websocket, length=length, chunked=chunked, listed=found)
     client_ip = req.client_addr[0].encode()
-    out += (b"Host: ", orig_host if preserve_host and orig_host else host_header(up), b"\r\n",
-            b"X-Forwarded-For: ", xff + b", " + client_ip if xff else client_ip, b"\r\n",
-            b"X-Forwarded-Proto: ", proto or req.scheme.encode(), b"\r\n")
+    scheme = req.scheme
+    key = up.key
+    version = req.version
+    via_rex = _VIA[version] if version in _VIA else b"1.1 rex"  # noqa: SIM401 - no call
+    out += (b"Host: %s\r\nX-Forwarded-For: %s\r\nX-Forwarded-Proto: %s\r\n" % (
+        orig_host if preserve_host and orig_host
+        else _HOSTS[key] if key in _HOSTS else host_header(up),
+        xff + b", " + client_ip if xff else client_ip,
+        proto or (_SCHEMES[scheme] if scheme in _SCHEMES else scheme.encode())),)
     if fwd_host or orig_host:
         out += (b"X-Forwarded-Host: ", fwd_host or orig_host, b"\r\n")
-    via_rex = _VIA.get(req.version, b"1.1 rex")
     out += (b"X-Forwarded-Port: ", fwd_port or b"%d" % req.server_port, b"\r\n",
             b"Via: ", via + b", " + via_rex if via else via_rex, b"\r\n")
     if req.request_id:
         out += (b"X-Request-ID: ", req.request_id, b"\r\n")
     if websocket:
-        out.append(b"Connection: upgrade\r\nUpgrade: websocket\r\n")
-    if framing:
-        out.append(framing)
-    out.append(b"\r\n")
-    return b"".join(out), found
+        out += (b"Connection: upgrade\r\nUpgrade: websocket\r\n",)
+    if chunked:
+        out += (b"Transfer-Encoding: chunked\r\n",)
+    elif length is not None:
+        out += (b"Content-Length: %d\r\n" % length,)
+    out += (b"\r\n",)
+    return b"".join(out)
 
 
 def _decrement(value: bytes, method: str) -> bytes:
@@ -205,47 +223,45 @@ def trace_echo(req: Request) -> bytes:
     return b"".join(lines)
 
 
-def response_fields(resp: Response,
-                    location: Callable[[bytes], bytes] | None = None) -> list[Header]:
+def response_fields(resp: Response, location: Callable[[bytes], bytes] | None = None,
+                    listed: frozenset[bytes] = _NONE) -> list[Header]:
     """The end-to-end fields Rex passes on for an upstream response.
 
     Hop-by-hop fields and those ``Connection`` names go (the connection sets
     framing and ``Connection`` itself), ``Via`` gets Rex's entry, ``Date`` is
     added when missing, and ``location`` maps a ``Location`` value to the one
-    the client should see (SPEC §5).
+    the client should see (SPEC §5). ``listed``: the names ``Connection`` listed
+    (the second pass, rare). As in ``request_head``, the loop makes no calls for
+    the common fields.
     """
-    fields, listed = _response_fields(resp, location, frozenset())
-    if listed:
-        fields, _ = _response_fields(resp, location, listed)
-    return fields
-
-
-def _response_fields(resp: Response, location: Callable[[bytes], bytes] | None,
-                     listed: frozenset[bytes]) -> tuple[list[Header], frozenset[bytes]]:
     found = listed
-    out = []
+    out: list[Header] = []
     via = b""
     dated = False
     for name, value in resp.headers:
-        lname = name.lower()
+        lname = _LOWER[name] if name in _LOWER else name.lower()
         if lname not in _RESPONSE_SPECIAL:
             if not listed or lname not in listed:
-                out.append((name, value))
+                out += ((name, value),)
         elif lname == b"connection":
-            found = found | _tokens(value, _RESPONSE_SPECIAL)
+            if value not in _PLAIN_CONNECTION:
+                found = found | _tokens(value, _RESPONSE_SPECIAL)
         elif lname == b"via":
             via = value if not via else via + b", " + value
         elif lname == b"location":
-            out.append((name, location(value) if location else value))
+            out += ((name, location(value) if location else value),)
         elif lname == b"date":
             dated = True
-            out.append((name, value))
-    via_rex = _VIA.get(resp.version, b"1.1 rex")
-    out.append((b"Via", via + b", " + via_rex if via else via_rex))
+            out += ((name, value),)
+    if found and not listed:
+        return response_fields(resp, location, found)
+    version = resp.version
+    via_rex = _VIA[version] if version in _VIA else b"1.1 rex"  # noqa: SIM401 - no call
+    out += ((b"Via", via + b", " + via_rex if via else via_rex),)
     if not dated:
         # RFC 9110 §6.6.1: a recipient with a clock adds Date when forwarding without one.
-        out.append((b"Date", http_date()))
-    return out, found
+        out += ((b"Date", http_date()),)
+    return out
 
 
 def interim_fields(resp: Response) -> list[Header]:

@@ -123,6 +123,29 @@ class Relay:
                                    payload.reason)
             self._read()
 
+    def whole(self) -> bytes | None:
+        """The body, when the head's read brought all of the response (a small answer):
+        taken, and the upstream connection let go at once; else None (pull the relay).
+
+        Not with trailers, which only the relay's ``trailers`` carry on.
+        """
+        reader = self.reader
+        events = reader.events
+        if not reader.done or events[-1][1]:  # END is last; its payload: trailers
+            return None
+        first = events[0]
+        if first[0] == END:  # no body (HEAD, 204, 304, an empty one)
+            data = b""
+        elif events[1][0] == END:  # one piece: what the fast lane makes of a small answer
+            data = first[1]
+        else:
+            data = self._parsed(events)
+        events.clear()
+        # Nothing is left to pull: the relay is over (``_received`` is not read again).
+        self.done = self._complete = True
+        self.release(self.reusable())
+        return data
+
     # -- the body, as the client takes it ------------------------------------------------
     def __iter__(self) -> Relay:
         return self
@@ -329,19 +352,20 @@ class Relay:
             self._ahead.kill()  # still reading (the client went away): closes below
         if self._spool is not None:
             self._spool.close()
-        self.release(self.reusable())
+        if not self._released:
+            self.release(self.reusable())
 
     def release(self, reusable: bool) -> None:
         """Pool the upstream connection (``reusable``) or close it; only the first call counts."""
         if self._released:
             return
         self._released = True
-        self.done_at = time.monotonic()
+        self.done_at = now = time.monotonic()
         reader = self.reader
         # The reader stays with a pooled connection when llhttp is at the next response.
         kept = reusable and reader.reusable()
         if reusable:
-            self._pool.put(self.up, self.sock, reader if kept else None)
+            self._pool.put(self.up, self.sock, reader if kept else None, now)
         else:
             self.sock.close()
         if not kept:

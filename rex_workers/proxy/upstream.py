@@ -135,7 +135,8 @@ class ConnectionPool:
         self._resolver = resolver or Resolver()
         self._tls: ClientContexts | None = None  # made when an https upstream is first used
 
-    def get(self, up: Upstream, connect_timeout: float, *, fresh: bool = False):
+    def get(self, up: Upstream, connect_timeout: float, *, fresh: bool = False,
+            now: float | None = None):
         """``(socket, reused, state)``: an idle pooled connection (``reused`` True)
         with the state ``put`` beside it, or a new connection (state None).
 
@@ -143,9 +144,12 @@ class ConnectionPool:
         upstream closed is dropped, and one holding bytes nobody asked for (sent
         after the last response ended) is never read as the next response.
         ``fresh``: always connect (the retry after a stale pooled connection).
+        ``now``: the caller's clock reading, when it has one from just before.
         """
-        idle = None if fresh else self._idle.get(up.conn_key)
-        now = time.monotonic()
+        key = up.conn_key
+        idle = self._idle[key] if not fresh and key in self._idle else None
+        if idle and now is None:
+            now = time.monotonic()
         while idle:
             since, sock, state = idle.pop()
             # EOF, or bytes nobody asked for: either way the connection is unusable,
@@ -156,11 +160,14 @@ class ConnectionPool:
             return sock, True, state
         return self.connect(up, connect_timeout), False, None
 
-    def put(self, up: Upstream, sock: socket.socket, state: object = None) -> None:
-        idle = self._idle.setdefault(up.conn_key, [])
+    def put(self, up: Upstream, sock: socket.socket, state: object = None,
+            now: float | None = None) -> None:
+        """Pool ``sock`` (with ``state``); ``now``: the caller's clock reading, if it has one."""
+        key = up.conn_key
+        idle = self._idle[key] if key in self._idle else self._idle.setdefault(key, [])
         if len(idle) >= MAX_IDLE_PER_UPSTREAM:
             idle.pop(0)[1].close()
-        idle.append((time.monotonic(), sock, state))
+        idle += ((time.monotonic() if now is None else now, sock, state),)
 
     def connect(self, up: Upstream, timeout: float) -> socket.socket:
         try:

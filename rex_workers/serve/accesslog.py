@@ -66,6 +66,8 @@ class Log:
         self.worker = worker
         self.dropped = 0  # lines lost to a failing log target
         self._access = _open(settings.access)
+        # Whether ``access`` writes anything (``reopen`` keeps it so): asked per request.
+        self.writes_access = self._access is not None
         self._error = _open(settings.error)
         self._json = settings.format == "json"
         self._info = settings.level in ("debug", "info")

@@ -148,8 +148,19 @@ class ClientConn(H1Writer):
         ctx.serial += 1
         req.request_id = ((ctx.trust_ids and _forwarded_id(req, ctx))
                           or b"%s%x" % (ctx.id_prefix, ctx.serial))
+        self._body_seen = 0
+        self._expect = False
+        self.trailers = []
         try:
-            self._start_body(req)
+            if req.chunked or req.content_length:  # ``has_body``; a property read is a call
+                self._start_body(req)
+            else:
+                self._body_done = True
+                # A bodyless request's END came in the same feed as its head (with no
+                # reader, the fast lane read the head alone).
+                reader = self.reader
+                if reader is not None and reader.events and reader.events[0][0] == END:
+                    reader.events.popleft()
             if req.upgrade:
                 self._check_upgrade(req)
             if not req.keep_alive or self.ctx.drain_began:
@@ -175,7 +186,7 @@ class ClientConn(H1Writer):
             ctx = self.ctx
             ctx.requests += 1
             ctx.access(req, outcome, time.monotonic() - started)
-            # An idle connection keeps nothing of its last request (``_start_body`` and
+            # An idle connection keeps nothing of its last request (``_handle`` and
             # ``start`` set the rest anew).
             self.request = self.outcome = None
             self.filters = ()
@@ -251,7 +262,8 @@ class ClientConn(H1Writer):
                 idle_left = None
                 # Between requests nothing parsed is pending: let the parser go
                 # (the locals too, or they keep it alive through the wait).
-                self._drop_reader()
+                if self.reader is not None:
+                    self._drop_reader()
                 reader = events = None
                 if timeout > PARK_AFTER and self.ctx.lot is not None:
                     # A wait longer than that gives up the greenlet (``serve.park``).
@@ -279,7 +291,8 @@ class ClientConn(H1Writer):
         """One read fed to the parser (errors come as FAIL events): ``_READ``, or
         ``_LATE`` when nothing came in ``timeout``, ``_EOF`` when the client closed."""
         sock = self.sock
-        sock.settimeout(None)  # the wait every request makes: a cheap deadline instead
+        if sock.timeout is not None:  # a slot: reading it is no call, setting it is
+            sock.settimeout(None)  # the wait every request makes: a cheap deadline instead
         try:
             data = deadline.call(timeout, sock.recv, READ_SIZE)
         except TimeoutError:
@@ -328,17 +341,7 @@ class ClientConn(H1Writer):
 
     # -- request bodies (the Stream's request side) ---------------------------------
     def _start_body(self, req: Request) -> None:
-        self._body_seen = 0
-        self._expect = False
-        self.trailers = []
-        if not req.has_body:
-            self._body_done = True
-            # A bodyless request's END came in the same feed as its head (with no
-            # reader, the fast lane read the head alone).
-            reader = self.reader
-            if reader is not None and reader.events and reader.events[0][0] == END:
-                reader.events.popleft()
-            return
+        """A request with a body (``_handle`` sets up a bodyless one): its checks."""
         self._body_done = False
         if req.content_length is not None and req.content_length > self.ctx.limits.body_bytes:
             raise HTTPError(f"body of {req.content_length} bytes over the limit", 413)

@@ -223,15 +223,17 @@ class H1Writer:
         """Frame ``data`` after what is held; send it all now when ``flush``."""
         mode = self._mode
         if data and mode != NO_BODY:  # HEAD, 204, 304: the head is all there is to send
-            if mode == LENGTH and len(data) > self._left:
+            size = len(data)
+            if mode == LENGTH and size > self._left:
                 # Extra bytes would be read as the next response (RFC 9112 §6.3).
                 self._log_body(f"response body longer than its Content-Length; "
-                               f"{len(data) - self._left} bytes dropped")
+                               f"{size - self._left} bytes dropped")
                 data = data[:self._left]
-            self._left -= len(data)
-            self.outcome.sent += len(data)
+                size = self._left
+            self._left -= size
+            self.outcome.sent += size
             if mode == CHUNKED and data:
-                data = b"%x\r\n%b\r\n" % (len(data), data)
+                data = b"%x\r\n%b\r\n" % (size, data)
             self._pending += data
         if flush and self._pending:
             data, self._pending = self._pending, b""
@@ -329,9 +331,14 @@ class H1Writer:
     def _send(self, data, flags: int = 0) -> None:
         """Send all of ``data``; what the client does not take at once waits (``_send_rest``)."""
         sock = self.sock
-        if type(sock) is not PlainSocket:
+        if type(sock) is PlainSocket:  # ``send_now`` written out: every response sends here
+            try:
+                sent = sock._sock.send(data, flags)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+        else:
             sock.settimeout(self._write_wait())  # a TLS socket's send waits itself
-        sent = send_now(sock, data, flags)
+            sent = sock.send(data, flags)
         while sent < len(data):
             if not self._keeps_up():
                 self._slowed()

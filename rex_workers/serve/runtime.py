@@ -141,7 +141,9 @@ class Runtime:
         self.metrics.request(NOT_ROUTED if site is None else str(site),
                              NOT_ROUTED if route is None else route,
                              outcome.status, outcome.sent, duration, req.version == "2.0")
-        self.log.access(req, outcome, duration)
+        log = self.log
+        if log.writes_access:  # off: not even the call
+            log.access(req, outcome, duration)
 
     def access_raw(self, remote: str, status: int) -> None:
         self.log.access_raw(remote, status)

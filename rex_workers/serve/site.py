@@ -142,9 +142,11 @@ class Site:
                 self._files(stream, route.index, match.strip_segments)
                 return
             key = (route.index, match.strip_segments)
-            target = self._targets.get(key)
-            if target is None:
-                target = self._targets[key] = Target(
+            targets = self._targets
+            if key in targets:  # ``in`` and a subscript: no call on this path
+                target = targets[key]
+            else:
+                target = targets[key] = Target(
                     self.groups[route.index], route, match.strip_segments, route.timeouts,
                     Rewriter(route) if route.rewrite else None)
             self.proxy.forward(stream, target)

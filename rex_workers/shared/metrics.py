@@ -92,7 +92,8 @@ class Layout:
 
     def __init__(self, config: Config) -> None:
         self.requests: list[tuple[str, str]] = [(NOT_ROUTED, NOT_ROUTED)]  # unknown site first
-        self._request_rows: dict[tuple[str, str], int] = {(NOT_ROUTED, NOT_ROUTED): 0}
+        # (site, route) -> row; ``Recorder.request`` reads it per request.
+        self.request_rows: dict[tuple[str, str], int] = {(NOT_ROUTED, NOT_ROUTED): 0}
         self.upstreams: list[UpstreamRow] = []
         self._upstream_rows: dict[tuple[str, str, str], int] = {}
         for inst in config.instances:
@@ -100,8 +101,8 @@ class Layout:
             labels = [NOT_ROUTED, *(r.path for r in inst.routes)]
             labels += [GLOBAL_POOL] if config.upstream else []
             for key in [(site, label) for label in labels]:
-                if key not in self._request_rows:
-                    self._request_rows[key] = len(self.requests)
+                if key not in self.request_rows:
+                    self.request_rows[key] = len(self.requests)
                     self.requests.append(key)
             for route in inst.routes:
                 for up in route.upstreams:
@@ -123,7 +124,7 @@ class Layout:
             self.upstreams.append(UpstreamRow(site, route, up, check))
 
     def request_row(self, site: str, route: str) -> int:
-        return self._request_rows.get((site, route), 0)
+        return self.request_rows.get((site, route), 0)
 
     def listener_row(self, address: tuple[str, int]) -> int:
         return self._listener_rows[address]
@@ -153,9 +154,13 @@ class Recorder:
 
     def request(self, site: str, route: str, status: int, sent: int, duration: float,
                 h2: bool = False) -> None:
-        base = self.layout.request_row(site, route) * REQUEST_WIDTH
+        # ``Layout.request_row`` and ``status_column`` written out: this runs per request,
+        # and a look-up with ``in`` is no call.
+        rows, key = self.layout.request_rows, (site, route)
+        base = (rows[key] if key in rows else 0) * REQUEST_WIDTH  # noqa: SIM401
+        column = _STATUS_COLUMN[status] if status in _STATUS_COLUMN else status_column(status)
         values = self.values
-        values[base + status_column(status)] += 1
+        values[base + column] += 1
         values[base + HIST + bisect_left(BUCKETS, duration)] += 1  # "le": upper bounds count
         values[base + SUM] += duration
         values[base + BODY_BYTES] += sent
