@@ -289,6 +289,11 @@ class H2Conn:
     def finished(self, stream: H2Stream) -> None:
         """A stream's greenlet is done: forget it, give back its unread window."""
         self.streams.pop(stream.sid, None)
+        if stream.give_back():
+            try:
+                self.flush()
+            except OSError:
+                pass
         self.served += 1
         if not self.streams:
             self.idle = True

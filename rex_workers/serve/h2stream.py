@@ -417,8 +417,17 @@ class H2Stream:
             self.conn.h2.reset_stream(self.sid, ErrorCodes.PROTOCOL_ERROR)
         except StreamClosedError:
             pass
-        self._chunks.clear()
+        self.give_back()
         self.reset_by_peer()
+
+    def give_back(self) -> int:
+        """Drop the body bytes nobody will read; their window goes back to the connection
+        (else streams answered without reading their bodies would shut it for good)."""
+        unread = sum(flow for _, flow in self._chunks)
+        self._chunks.clear()
+        if unread:
+            self.conn.h2.acknowledge_received_data(unread, self.sid)
+        return unread
 
     def reset_by_peer(self) -> None:
         """Nobody reads this stream's answer any more: stop its responder."""
