@@ -80,13 +80,14 @@ WSGI_APP = "bench.wsgi_hello:app"
 # ones measure the byte pump (MB/s), where 16 connections already fill the
 # loopback and more would only add memory and scheduler noise.
 SCENARIOS = (
-    Scenario("proxy_13b", "proxied 13 B", "proxy", "/13b.bin", 64, REQS, Target(">=", 0.40)),
-    Scenario("proxy_64k", "proxied 64 KiB", "proxy", "/64k.bin", 64, MBPS),
+    # Issue 18's targets (issue 6 had 0.40 for the small rows and none for 64 KiB).
+    Scenario("proxy_13b", "proxied 13 B", "proxy", "/13b.bin", 64, REQS, Target(">=", 0.45)),
+    Scenario("proxy_64k", "proxied 64 KiB", "proxy", "/64k.bin", 64, MBPS, Target(">=", 1.0)),
     Scenario("proxy_10m", "proxied 10 MiB", "proxy", "/10m.bin", 16, MBPS, Target(">=", 1.0)),
     # Both spend their time in zlib: Rex's share of the rest is what the ratio shows.
     Scenario("proxy_64k_gzip", "proxied 64 KiB JSON gzip", "gzip", "/64k.json", 64, REQS,
              Target(">=", 0.80), ("Accept-Encoding: gzip",)),
-    Scenario("static_1k", "static 1 KiB", "static", "/1k.bin", 64, REQS, Target(">=", 0.40)),
+    Scenario("static_1k", "static 1 KiB", "static", "/1k.bin", 64, REQS, Target(">=", 0.60)),
     Scenario("static_10m", "static 10 MiB", "static", "/10m.bin", 16, MBPS, Target(">=", 0.90)),
 )
 
