@@ -203,8 +203,8 @@ class H2Conn:
                     data = deadline.call(wait, sock.recv, READ_SIZE)
                 except TimeoutError:
                     continue  # the top of the loop decides: still busy, or idle too long
-                if not data:
-                    return
+                if not data or self.closed:
+                    return  # the client left, or the writer gave up on it (and shut the socket)
                 continue
             self._end(ErrorCodes.NO_ERROR)  # idle: tell the client, then close
             return
