@@ -483,3 +483,31 @@ def test_bodies_left_unread_give_their_window_back(site, ca):
             c.flush()
             assert c.answer(sid).status in (404, 405)
         assert c.get("/hello.txt").status == 200
+
+
+def _tcp_state(local_port: int, remote_port: int) -> str | None:
+    """The state (hex code) of the TCP socket from ``local_port`` to ``remote_port``."""
+    for name in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(name) as table:
+            for line in table.read().splitlines()[1:]:
+                fields = line.split()
+                if (int(fields[1].rsplit(":", 1)[1], 16), int(fields[2].rsplit(":", 1)[1], 16)
+                        ) == (local_port, remote_port):
+                    return fields[3]
+    return None
+
+
+def test_a_client_that_does_not_read_is_cut_after_the_read_timeout(site, ca):
+    with client(site, ca, ack=False) as c:
+        # Windows wide open, so only the socket (not flow control) holds Rex back.
+        c.conn.update_settings({4: 2**31 - 1})  # SETTINGS_INITIAL_WINDOW_SIZE
+        c.conn.increment_flow_control_window(2**30)
+        c.flush()
+        for _ in range(12):  # 24 MiB: more than the socket buffers on both ends hold
+            c.request("/big.bin")
+        port = c.sock.getsockname()[1]
+        assert _tcp_state(site.tls, port) == "01"  # ESTABLISHED
+        # Never read: Rex's writes block, and after timeouts.read (2 s) it shuts and
+        # closes its end (its FIN waits behind the bytes we do not read: FIN_WAIT1).
+        wait_for(lambda: _tcp_state(site.tls, port) != "01", timeout=5,
+                 what="Rex to give up on the connection")

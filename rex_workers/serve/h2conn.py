@@ -337,12 +337,29 @@ class H2Conn:
 
     def send_now(self, extra: bytes = b"") -> None:
         """Send what h2 has queued, one sender at a time, in h2's order; each send waits
-        at most ``timeouts.read`` for a client that does not read."""
+        at most ``timeouts.read`` for a client that does not read.
+
+        A send that fails may have written part of a frame: nothing more can go on
+        this connection, so it is shut at once (the reader then ends it).
+        """
         with self._writing:
             data = self.h2.data_to_send() + extra
             self.queued = 0
             if data:
-                deadline.call(self.ctx.timeouts.read, self.sock.sendall, data)
+                try:
+                    deadline.call(self.ctx.timeouts.read, self.sock.sendall, data)
+                except OSError:
+                    self._broken()
+                    raise
+
+    def _broken(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            self.sock.shutdown(2)  # wakes the reader, which ends the connection
+        except OSError:
+            pass
 
     def _write_loop(self) -> None:
         wake = self._wake
@@ -352,13 +369,7 @@ class H2Conn:
             try:
                 self.send_now()
             except OSError:
-                # The client stopped reading (or left): nothing more can reach it.
-                self.closed = True
-                try:
-                    self.sock.shutdown(2)  # wakes the reader, which ends the connection
-                except OSError:
-                    pass
-                return
+                return  # the client stopped reading (or left): the connection is shut
 
     def _end(self, code: ErrorCodes | None) -> None:
         """GOAWAY (h2's own after a protocol error: ``code`` None) and stop.
