@@ -124,13 +124,9 @@ class Lab:
         """The bare relay (``bench/relay.py``) in front of the backend, as the "proxy" site."""
         system = System("relay")
         (port,) = free_ports(1)
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [REPO, env.get("PYTHONPATH")]))
-        server = Server("relay", [sys.executable, "-m", "bench.relay", str(port),
-                                  str(self.backend_port)],
-                        os.path.join(self.dir, "relay.log"), cwd=REPO, env=env)
         try:
-            self._start(server, port)
+            server = self._start_python("relay", [sys.executable, "-m", "bench.relay", str(port),
+                                                  str(self.backend_port)], port)
         except StartError as exc:
             system.failed["proxy"] = str(exc)
             return system
@@ -147,17 +143,22 @@ class Lab:
                 text = configs.rex_wsgi(port, app, REPO, as_root=os.geteuid() == 0)
                 server = self._start_rex(f"{name}-wsgi", text, port)
             else:
-                env = dict(os.environ)
-                env["PYTHONPATH"] = os.pathsep.join(filter(None, [REPO, env.get("PYTHONPATH")]))
-                server = Server(f"{name}-wsgi", configs.gunicorn_argv(sys.executable, port, app),
-                                os.path.join(self.dir, f"{name}-wsgi.log"), cwd=REPO, env=env)
-                self._start(server, port)
+                server = self._start_python(
+                    f"{name}-wsgi", configs.gunicorn_argv(sys.executable, port, app), port)
         except StartError as exc:
             system.failed["wsgi"] = str(exc)
             return system
         system.servers["wsgi"] = server
         system.ports["wsgi"] = port
         return system
+
+    def _start_python(self, name: str, argv: list[str], port: int) -> Server:
+        """A Python server run from the checkout (its modules importable), up on ``port``."""
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [REPO, env.get("PYTHONPATH")]))
+        server = Server(name, argv, os.path.join(self.dir, f"{name}.log"), cwd=REPO, env=env)
+        self._start(server, port)
+        return server
 
     def _nginx_config(self, label: str, site: str, port: int) -> str:
         if site == "proxy":

@@ -14,7 +14,7 @@ so that each fault is a stream error, not the connection's end.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from .authority import authority_error, host_only
 from .framing import TRAILER_FORBIDDEN, Fields
@@ -161,15 +161,7 @@ def response(status: int, headers: Sequence[Header], length: int | None) -> list
     """The header list of a response head: ``:status`` first, names lower-cased,
     connection-specific fields left out, ``content-length`` when it is known."""
     out = [(b":status", b"%d" % status)]
-    for name, value in headers:
-        if type(name) is str:
-            name = name.encode("latin-1")
-        if type(value) is str:
-            value = value.encode("latin-1")
-        name = name.lower()
-        if name in CONNECTION_SPECIFIC or name == b"content-length":
-            continue
-        out.append((name, value))
+    out += ((name, value) for name, value in _lowered(headers) if name != b"content-length")
     # A HEAD or 304 answer states the length a GET would have had (RFC 9110 §8.6).
     if length is not None and status >= 200 and status != 204:
         out.append((b"content-length", b"%d" % length))
@@ -178,13 +170,16 @@ def response(status: int, headers: Sequence[Header], length: int | None) -> list
 
 def trailer_fields(fields: Sequence[Header]) -> list[Header]:
     """Response trailers for an HTTP/2 client: lower-case names, no framing fields."""
-    out = []
+    return [(name, value) for name, value in _lowered(fields) if name not in TRAILER_FORBIDDEN]
+
+
+def _lowered(fields: Sequence[Header]) -> Iterator[Header]:
+    """Fields as bytes with lower-case names, connection-specific ones left out."""
     for name, value in fields:
         if type(name) is str:
             name = name.encode("latin-1")
         if type(value) is str:
             value = value.encode("latin-1")
         name = name.lower()
-        if name not in CONNECTION_SPECIFIC and name not in TRAILER_FORBIDDEN:
-            out.append((name, value))
-    return out
+        if name not in CONNECTION_SPECIFIC:
+            yield name, value

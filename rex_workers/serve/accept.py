@@ -69,10 +69,7 @@ class MeteredConn(ClientConn):
         self.row = row
 
     def _close(self) -> None:
-        received, sent = wire_bytes(self.sock)
-        metrics = self.ctx.metrics
-        metrics.listener(self.row, RECEIVED, received)
-        metrics.listener(self.row, SENT, sent)
+        _meter(self)
         super()._close()
 
 
@@ -85,11 +82,16 @@ class MeteredH2(H2Conn):
         self.row = row
 
     def _close(self) -> None:
-        received, sent = wire_bytes(self.sock)
-        metrics = self.ctx.metrics
-        metrics.listener(self.row, RECEIVED, received)
-        metrics.listener(self.row, SENT, sent)
+        _meter(self)
         super()._close()
+
+
+def _meter(conn: MeteredConn | MeteredH2) -> None:
+    """Add a closing connection's wire bytes to its listener's row."""
+    received, sent = wire_bytes(conn.sock)
+    metrics = conn.ctx.metrics
+    metrics.listener(conn.row, RECEIVED, received)
+    metrics.listener(conn.row, SENT, sent)
 
 
 class Entry:
