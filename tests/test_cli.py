@@ -62,7 +62,9 @@ def test_start_without_any_config_serves_the_welcome_page_then_the_new_file(rex)
         f"{rex.config}: no config file: `rex start` serves the welcome page on port 8000 "
         "(`rex --init` writes a starter config)")
     assert rex.cli("config").stdout.startswith(f"# No config file ({rex.config})")
-    rex.launch("start", "-f")
+    # Its first line says "serving the welcome page" before the master has bound: wait
+    # for the port itself.
+    rex.launch("start", "-f", ports=(8000,))
     assert rex.output().startswith(f"no config file ({rex.config}): serving the welcome page "
                                    "on port 8000; `rex --init` writes a starter config")
     with urllib.request.urlopen("http://127.0.0.1:8000/", timeout=10) as resp:
