@@ -133,6 +133,7 @@ workers: 1
 pythonpath: ["{APPS}"]
 timeouts: {{read: 2, idle: 2, header: 2}}
 logging: {{access: ./access.log}}
+trusted_proxies: [127.0.0.1/32]
 """)
     rex.start(ports=(tls, plain, off))
     rex.tls, rex.plain, rex.off = tls, plain, off
@@ -193,6 +194,15 @@ def test_every_responder_over_httpx(site, ca):
         assert r.content == b""
         r = h.get("/gz/data", headers={"Accept-Encoding": "gzip"})
         assert r.headers["content-encoding"] == "gzip" and r.json()["path"] == "/gz/data"
+
+
+def test_a_trusted_proxys_request_id_is_kept_others_are_made(site, ca):
+    with client(site, ca) as c:
+        kept = c.get("/api/id", headers=[(b"x-request-id", b"from-the-lb-42")])
+        made = c.get("/api/id")
+    assert kept.headers[b"x-request-id"] == b"from-the-lb-42"
+    assert json.loads(kept.body)["headers"]["X-Request-ID"] == "from-the-lb-42"
+    assert made.headers[b"x-request-id"] not in (b"", b"from-the-lb-42")
 
 
 def test_access_log_says_http_2(site, ca):

@@ -42,7 +42,7 @@ _PARKED = object()
 _REQUEST_ID = re.compile(rb"[\x21-\x7e]{1,200}")
 
 
-def _forwarded_id(req: Request, ctx) -> bytes | None:
+def forwarded_id(req: Request, ctx) -> bytes | None:
     """A trusted proxy's X-Request-ID, if it is a usable one."""
     if req.client_addr[0] not in ctx.trusted:
         return None
@@ -144,9 +144,9 @@ class ClientConn(H1Writer):
         outcome = self.outcome = Outcome()
         ctx = self.ctx
         # The request id: a per-worker prefix and a counter, formatted without a call;
-        # a trusted proxy's own X-Request-ID is kept (``_forwarded_id``).
+        # a trusted proxy's own X-Request-ID is kept (``forwarded_id``).
         ctx.serial += 1
-        req.request_id = ((ctx.trust_ids and _forwarded_id(req, ctx))
+        req.request_id = ((ctx.trust_ids and forwarded_id(req, ctx))
                           or b"%s%x" % (ctx.id_prefix, ctx.serial))
         self._body_seen = 0
         self._expect = False

@@ -30,6 +30,7 @@ from h2.exceptions import StreamClosedError
 from ..http import deadline, errorpages, filters, h1write, h2head, pages
 from ..http.message import FileRegion, Header, Outcome, Response, SocketSpan, Tunnel
 from ..http.request import Abort, HTTPError, Request, printable
+from .conn import forwarded_id
 from .h1writer import STALL_GRACE
 
 if TYPE_CHECKING:
@@ -90,7 +91,9 @@ class H2Stream:
             if req is None:
                 raise self.error
             ctx.serial += 1
-            req.request_id = b"%s%x" % (ctx.id_prefix, ctx.serial)
+            # As on HTTP/1.1: a trusted proxy's own X-Request-ID is kept.
+            req.request_id = ((ctx.trust_ids and forwarded_id(req, ctx))
+                              or b"%s%x" % (ctx.id_prefix, ctx.serial))
             if req.content_length is not None and req.content_length > ctx.limits.body_bytes:
                 raise HTTPError(f"body of {req.content_length} bytes over the limit", 413)
             expect = req.header(b"expect")
