@@ -20,10 +20,11 @@ import time
 import traceback
 from collections import deque
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 import gevent
 from gevent.event import Event
+from h2.connection import H2Connection
 from h2.errors import ErrorCodes
 from h2.exceptions import StreamClosedError
 
@@ -33,8 +34,25 @@ from ..http.request import Abort, HTTPError, Request, printable
 from .conn import forwarded_id
 from .h1writer import STALL_GRACE
 
-if TYPE_CHECKING:
-    from .h2conn import H2Conn
+
+class Owner(Protocol):
+    """What a stream needs of its connection (``h2conn.H2Conn``, which imports this module)."""
+
+    h2: H2Connection
+    ctx: Any
+    listener: Any
+    addr: tuple
+    closed: bool
+    queued: int
+
+    def flush(self, extra: bytes = b"") -> None: ...
+
+    def finished(self, stream: H2Stream) -> None: ...
+
+    def local_address(self) -> str: ...
+
+    def log_error(self, message: str) -> None: ...
+
 
 # The largest DATA burst one stream queues before the others get a turn.
 BURST = 65536
@@ -51,7 +69,7 @@ class _NoWindow(Exception):
 class H2Stream:
     """One request on an HTTP/2 connection and its answer (see the module docstring)."""
 
-    def __init__(self, conn: H2Conn, sid: int, request: Request | None,
+    def __init__(self, conn: Owner, sid: int, request: Request | None,
                  error: HTTPError | None) -> None:
         self.conn = conn
         self.sid = sid
