@@ -622,6 +622,23 @@ def tcp_table() -> list[tuple[int, int, str, int]]:
     return rows
 
 
+def tcp_to(remote_port: int) -> list[tuple[int, str, int]]:
+    """(local port, state, bytes waiting to be read) of each TCP socket on this machine
+    connected to ``remote_port``; state "01" = ESTABLISHED, "08" = CLOSE_WAIT.
+
+    What the kernel holds, for tests that must wait until bytes or a FIN sent over
+    loopback have really arrived (on a busy box delivery can lag the sender's return).
+    """
+    rows = []
+    for name in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(name).read_text().splitlines()[1:]:
+            fields = line.split()
+            if int(fields[2].rsplit(":", 1)[1], 16) == remote_port:
+                rows.append((int(fields[1].rsplit(":", 1)[1], 16), fields[3],
+                             int(fields[4].split(":")[1], 16)))
+    return rows
+
+
 def connection_owner(server_port: int, client_port: int, pids: list[int]) -> int | None:
     """Which of ``pids`` holds the server side of the connection from ``client_port``."""
     inodes = {inode for local, remote, _state, inode in tcp_table()

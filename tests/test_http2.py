@@ -23,7 +23,7 @@ from http.server import BaseHTTPRequestHandler
 import httpx
 import pytest
 import trustme
-from conftest import ROOT, Rex, free_port, recv_head, wait_for
+from conftest import ROOT, Rex, free_port, recv_head, tcp_to, wait_for
 from h2.errors import ErrorCodes
 from h2client import Answer, H2Client
 from hyperframe.frame import ContinuationFrame, HeadersFrame, PingFrame, SettingsFrame
@@ -497,14 +497,7 @@ def test_bodies_left_unread_give_their_window_back(site, ca):
 
 def _tcp_state(local_port: int, remote_port: int) -> str | None:
     """The state (hex code) of the TCP socket from ``local_port`` to ``remote_port``."""
-    for name in ("/proc/net/tcp", "/proc/net/tcp6"):
-        with open(name) as table:
-            for line in table.read().splitlines()[1:]:
-                fields = line.split()
-                if (int(fields[1].rsplit(":", 1)[1], 16), int(fields[2].rsplit(":", 1)[1], 16)
-                        ) == (local_port, remote_port):
-                    return fields[3]
-    return None
+    return next((state for port, state, _ in tcp_to(remote_port) if port == local_port), None)
 
 
 def test_a_client_that_does_not_read_is_cut_after_the_read_timeout(site, ca):

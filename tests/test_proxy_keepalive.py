@@ -9,7 +9,7 @@ import threading
 import time
 
 import pytest
-from conftest import read_reply, recv_head, send_request, wait_for
+from conftest import read_reply, recv_head, send_request, tcp_to, wait_for
 
 CLOSED = threading.Event()  # an answer-then-close upstream has closed its socket
 
@@ -57,21 +57,10 @@ def fin_reached_rex(upstream_port: int) -> bool:
 
     The upstream's close() returning does not mean the FIN is in Rex's socket yet:
     on a busy box loopback delivery can lag behind, and only a FIN already there is
-    seen by the pool's peek. /proc/net/tcp shows the state of Rex's end.
+    seen by the pool's peek.
     """
-    waiting = established = 0
-    for name in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            with open(name) as table:
-                lines = table.read().splitlines()[1:]
-        except OSError:
-            continue
-        for line in lines:
-            fields = line.split()
-            if int(fields[2].rsplit(":", 1)[1], 16) == upstream_port:
-                waiting += fields[3] == "08"
-                established += fields[3] == "01"
-    return waiting > 0 and established == 0
+    states = [state for _port, state, _queued in tcp_to(upstream_port)]
+    return "08" in states and "01" not in states
 
 
 def read_then_close(sock):

@@ -10,7 +10,7 @@ import socket
 import threading
 
 import pytest
-from conftest import read_head, recv_head, send_request
+from conftest import read_head, recv_head, send_request, tcp_to, wait_for
 
 from rex_workers.proxy.relay import PUMP_MIN
 
@@ -33,7 +33,7 @@ def body_then_stray(sock: socket.socket) -> None:
         if first:
             first = False
             client_has_body.wait(5)
-            sock.sendall(STRAY)  # on loopback, in Rex's socket once sendall returns
+            sock.sendall(STRAY)  # the test waits until they are in Rex's socket
             stray_sent.set()
 
 
@@ -64,6 +64,10 @@ def test_large_body_arrives_byte_for_byte_and_stray_bytes_stay_behind(site):
     assert reply.status == 200 and reply.body == BODY
     client_has_body.set()
     assert stray_sent.wait(5)  # else the next request could beat the stray bytes
+    # And until they are in Rex's socket: sendall returning does not mean that on a busy
+    # box. Bytes still on their way when the pool looks are every proxy's race.
+    wait_for(lambda: any(queued >= len(STRAY) for _port, _state, queued in tcp_to(stray.port)),
+             5, what="the stray bytes in Rex's socket")
     # The pooled connection now holds bytes nobody asked for: the next request must
     # get the upstream's real answer on a fresh connection, never "SMUGGLED".
     for i in range(3):
