@@ -76,9 +76,8 @@ class MeteredConn(ClientConn):
 class MeteredH2(H2Conn):
     """An HTTP/2 connection that adds its wire bytes to its listener's row when it closes."""
 
-    def __init__(self, sock, addr, listener: Listener, rt: Runtime, row: int,
-                 early: bytes = b"") -> None:
-        super().__init__(sock, addr, listener, rt, early)
+    def __init__(self, sock, addr, listener: Listener, rt: Runtime, row: int) -> None:
+        super().__init__(sock, addr, listener, rt)
         self.row = row
 
     def _close(self) -> None:

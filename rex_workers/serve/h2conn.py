@@ -107,7 +107,7 @@ class H2Conn:
     ``reader``, ``keep_alive``, ``sock``); ``begin_drain`` sends GOAWAY.
     """
 
-    def __init__(self, sock, addr, listener, ctx, early: bytes = b"") -> None:
+    def __init__(self, sock, addr, listener, ctx) -> None:
         self.sock = sock
         self.addr = addr if isinstance(addr, tuple) else ("", 0)
         self.listener = listener
@@ -130,10 +130,8 @@ class H2Conn:
         self.idle = True  # no stream open: a draining worker may close it
         self.reader = None  # no HTTP/1.1 parser (the drain looks)
         self.keep_alive = True  # set False by a draining worker; GOAWAY says it here
-        self.last_stream = 0  # after GOAWAY: the highest stream still answered
         self.going_away = False
         self.closed = False
-        self._early = early
         self._writing = Semaphore()
         self._wake = Event()
         self._writer: gevent.Greenlet | None = None  # spawned at the first deferred flush
@@ -163,13 +161,12 @@ class H2Conn:
         h2c.increment_flow_control_window(CONNECTION_WINDOW - 65535)
         limit = SettingsFrame(0)
         limit.settings = {SettingCodes.MAX_CONCURRENT_STREAMS: MAX_STREAMS}
-        self.flush(limit.serialize())
+        self.send_now(limit.serialize())
         sock = self.sock
-        sock.settimeout(None)  # reads get a deadline (``_wait``); writes in ``flush``
+        sock.settimeout(None)  # reads and writes each get a deadline (``deadline.call``)
         timeouts = self.ctx.timeouts
         first_by = time.monotonic() + timeouts.header
-        data = self._early
-        self._early = b""
+        data = b""
         while True:
             if data:
                 try:
@@ -317,8 +314,8 @@ class H2Conn:
             self.h2.acknowledge_received_data(size, sid)
 
     # -- writing ---------------------------------------------------------------
-    def flush(self, extra: bytes = b"") -> None:
-        """Have every frame h2 has queued sent (and ``extra``, frames of Rex's own, now).
+    def flush(self) -> None:
+        """Have every frame h2 has queued sent.
 
         Frames wait for the connection's writer greenlet, which wakes once the
         greenlets that run now are done: the answers of many streams, and the
@@ -328,16 +325,17 @@ class H2Conn:
         """
         if self.closed:
             raise ConnectionResetError("HTTP/2 connection closed")
-        if extra or self.queued >= FLUSH_AT:
-            self.send_now(extra)
+        if self.queued >= FLUSH_AT:
+            self.send_now()
             return
         if self._writer is None:
             self._writer = gevent.spawn(self._write_loop)
         self._wake.set()
 
     def send_now(self, extra: bytes = b"") -> None:
-        """Send what h2 has queued, one sender at a time, in h2's order; each send waits
-        at most ``timeouts.read`` for a client that does not read.
+        """Send what h2 has queued (then ``extra``: frames of Rex's own), one sender at a
+        time, in h2's order; each send waits at most ``timeouts.read`` for a client
+        that does not read.
 
         A send that fails may have written part of a frame: nothing more can go on
         this connection, so it is shut at once (the reader then ends it).
@@ -402,13 +400,13 @@ class H2Conn:
             return
         self.going_away = True
         frame = GoAwayFrame(0)
-        frame.last_stream_id = self.last_stream = self.h2.highest_inbound_stream_id
+        frame.last_stream_id = self.h2.highest_inbound_stream_id
         frame.error_code = ErrorCodes.NO_ERROR
         gevent.spawn(self._send_goaway, frame.serialize())
 
     def _send_goaway(self, frame: bytes) -> None:
         try:
-            self.flush(frame)
+            self.send_now(frame)
         except OSError:
             return
         if not self.streams:
